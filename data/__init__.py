@@ -1,0 +1,1 @@
+"""Datasets, face preprocessing and file utilities. Imports nothing else of the project."""

@@ -1,0 +1,1 @@
+"""The bridge to the physical prototype: measured PSFs, calibration, fabrication files."""

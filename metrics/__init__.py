@@ -1,0 +1,1 @@
+"""Evaluation: detectors (MTCNN, dlib), FID, geometry (FD/BB/LM), identity, attacks, baselines, reports."""

@@ -1,0 +1,1 @@
+"""Differentiable camera physics (bottom layer): imports only torch / numpy / scipy / kornia / yaml."""
