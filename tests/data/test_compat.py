@@ -8,21 +8,19 @@ from data.compat import box_iou_matrix, import_torchvision, nms_reference
 
 
 def _greedy_numpy(boxes: np.ndarray, scores: np.ndarray, thr: float) -> list[int]:
-    order = list(np.argsort(-scores, kind="stable"))
+    """Textbook greedy NMS (the classic Fast R-CNN loop), written independently of the code under test."""
+    x1, y1, x2, y2 = boxes.T
+    areas = (x2 - x1) * (y2 - y1)
+    order = np.argsort(-scores, kind="stable")
     keep = []
-    while order:
-        i = order.pop(0)
-        keep.append(i)
-        rest = []
-        for j in order:
-            xx1, yy1 = max(boxes[i, 0], boxes[j, 0]), max(boxes[i, 1], boxes[j, 1])
-            xx2, yy2 = min(boxes[i, 2], boxes[j, 2]), min(boxes[i, 3], boxes[j, 3])
-            inter = max(0.0, xx2 - xx1) * max(0.0, yy2 - yy1)
-            a = (boxes[i, 2] - boxes[i, 0]) * (boxes[i, 3] - boxes[i, 1])
-            b = (boxes[j, 2] - boxes[j, 0]) * (boxes[j, 3] - boxes[j, 1])
-            if inter / (a + b - inter) <= thr:
-                rest.append(j)
-        order = rest
+    while order.size:
+        i = order[0]
+        keep.append(int(i))
+        rest = order[1:]
+        w = np.maximum(0.0, np.minimum(x2[i], x2[rest]) - np.maximum(x1[i], x1[rest]))
+        h = np.maximum(0.0, np.minimum(y2[i], y2[rest]) - np.maximum(y1[i], y1[rest]))
+        inter = w * h
+        order = rest[inter / (areas[i] + areas[rest] - inter) <= thr]
     return keep
 
 
