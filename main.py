@@ -111,7 +111,9 @@ def _add_stage1(parser: argparse.ArgumentParser) -> None:
 
 def _add_stage2(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Stage II: train / sample (StarGAN-v2 flags keep their names)")
-    g.add_argument("--num_domains", type=int, default=2)
+    g.add_argument("--num_domains", type=int, default=None,
+                   help="number of domains (default: the domain folders found in --train_img_dir; the embedded "
+                        "face set has 1)")
     g.add_argument("--latent_dim", type=int, default=16)
     g.add_argument("--hidden_dim", type=int, default=512)
     g.add_argument("--style_dim", type=int, default=64)
