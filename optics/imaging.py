@@ -1,0 +1,140 @@
+"""Image formation: linear (zero-padded) FFT convolution of images with PSFs, and depth planes.
+
+Circular convolution (an unpadded FFT product) wraps light from one edge onto the opposite edge; here the image
+is zero-padded by exactly the PSF half-support needed to make the kept ('same') region equal to the linear
+convolution, on a fast FFT size. The PSF is first cropped (symmetrically about its centre) to its support, so a
+compact PSF in a large window costs little more than a circular convolution.
+"""
+from __future__ import annotations
+
+import scipy.fft
+import torch
+
+
+def fast_size(n: int) -> int:
+    """Smallest size >= n whose real FFT is fast (factors 2, 3, 5, ...)."""
+    return int(scipy.fft.next_fast_len(int(n), real=True))
+
+
+def psf_support_radius(psf: torch.Tensor, tol: float = 0.0) -> tuple[int, int]:
+    """Half-size (ry, rx) [px] of the smallest window centred at (h//2, w//2) that holds every PSF value with
+    |psf| > tol * max|psf| (over all leading dims).
+
+    Args:
+        psf: (..., h, w). tol: relative threshold (0 keeps every non-zero value: exact).
+    """
+    h, w = psf.shape[-2:]
+    a = psf.detach().abs().reshape(-1, h, w).amax(dim=0)
+    mask = a > tol * a.max() if tol > 0 else a > 0
+    rows = torch.nonzero(mask.any(dim=1)).flatten()
+    cols = torch.nonzero(mask.any(dim=0)).flatten()
+    if rows.numel() == 0:
+        return 0, 0
+    ry = int(torch.maximum((rows.min() - h // 2).abs(), (rows.max() - h // 2).abs()))
+    rx = int(torch.maximum((cols.min() - w // 2).abs(), (cols.max() - w // 2).abs()))
+    return ry, rx
+
+
+def crop_psf(psf: torch.Tensor, tol: float = 0.0) -> torch.Tensor:
+    """Crop (..., h, w) symmetrically about (h//2, w//2) to its support (see :func:`psf_support_radius`); the
+    centre of the result is again at (h'//2, w'//2). Differentiable in the kept values."""
+    h, w = psf.shape[-2:]
+    ry, rx = psf_support_radius(psf, tol)
+    cy, cx = h // 2, w // 2
+    y0, y1 = max(cy - ry, 0), min(cy + ry + 1, h)
+    x0, x1 = max(cx - rx, 0), min(cx + rx + 1, w)
+    if (y1 - y0, x1 - x0) == (h, w):
+        return psf
+    out = psf[..., y0:y1, x0:x1]
+    # keep the centre on (h'//2, w'//2) when the window was clipped on one side only (even-sized input)
+    pad_t, pad_b = ry - (cy - y0), ry - (y1 - 1 - cy)
+    pad_l, pad_r = rx - (cx - x0), rx - (x1 - 1 - cx)
+    if pad_t or pad_b or pad_l or pad_r:
+        out = torch.nn.functional.pad(out, (pad_l, pad_r, pad_t, pad_b))
+    return out
+
+
+def fft_convolve(image: torch.Tensor, psf: torch.Tensor, crop_tol: float = 0.0) -> torch.Tensor:
+    """Linear 2-D convolution of each image channel with its PSF ('same' size), via real FFTs.
+
+    out[b, c, i, j] = sum_{u, v} psf[c, u, v] * image[b, c, i - (u - h//2), j - (v - w//2)], zero outside the
+    image. Differentiable in both arguments; device / dtype follow ``image``.
+
+    Args:
+        image: (B, C, H, W) (any real values, e.g. radiance in [0, 1]).
+        psf: (C, h, w), (1, h, w) (shared by all channels) or (B, C, h, w); the PSF centre is (h//2, w//2).
+        crop_tol: PSF values below crop_tol * max are treated as zero when cropping to the support (0: exact).
+
+    Returns:
+        (B, C, H, W) same dtype as ``image``.
+    """
+    if image.ndim != 4:
+        raise ValueError(f"image must be (B, C, H, W), got shape {tuple(image.shape)}")
+    if psf.ndim not in (3, 4):
+        raise ValueError(f"psf must be (C, h, w) or (B, C, h, w), got shape {tuple(psf.shape)}")
+    B, C, H, W = image.shape
+    if psf.shape[-3] not in (1, C) or (psf.ndim == 4 and psf.shape[0] not in (1, B)):
+        raise ValueError(f"psf shape {tuple(psf.shape)} does not match image shape {tuple(image.shape)}")
+    psf = crop_psf(psf.to(image.dtype), crop_tol)
+    h, w = psf.shape[-2:]
+    cy, cx = h // 2, w // 2
+    mh = fast_size(H + max(h - 1 - cy, cy))
+    mw = fast_size(W + max(w - 1 - cx, cx))
+    fi = torch.fft.rfft2(image, s=(mh, mw))
+    fk = torch.fft.rfft2(psf, s=(mh, mw))
+    out = torch.fft.irfft2(fi * fk, s=(mh, mw))
+    return out[..., cy:cy + H, cx:cx + W]
+
+
+def image_depth_planes(planes: torch.Tensor, psfs: torch.Tensor, masks: torch.Tensor | None = None,
+                       crop_tol: float = 0.0) -> torch.Tensor:
+    """Layered-depth image formation: each depth plane is blurred by its own PSF and the results add up.
+
+    Args:
+        planes: (B, D, C, H, W) radiance of each depth layer (e.g. the same image for every layer).
+        psfs: (D, C, h, w) PSF of each depth (Lens.psf_stack).
+        masks: optional (B, D, 1, H, W) in [0, 1] selecting where each layer is (e.g. from a depth map; the
+            masks of one pixel should sum to 1). Occlusion at layer boundaries is not modelled.
+
+    Returns:
+        (B, C, H, W) sum over d of fft_convolve(planes[:, d] * masks[:, d], psfs[d]).
+    """
+    if planes.ndim != 5:
+        raise ValueError(f"planes must be (B, D, C, H, W), got shape {tuple(planes.shape)}")
+    B, D, C, H, W = planes.shape
+    if psfs.ndim != 4 or psfs.shape[0] != D:
+        raise ValueError(f"psfs must be (D={D}, C, h, w), got shape {tuple(psfs.shape)}")
+    if masks is not None:
+        planes = planes * masks
+    if psfs.shape[1] == 1 and C > 1:
+        psfs = psfs.expand(D, C, *psfs.shape[-2:])
+    out = fft_convolve(planes.reshape(B, D * C, H, W), psfs.reshape(D * C, *psfs.shape[-2:]), crop_tol)
+    return out.reshape(B, D, C, H, W).sum(dim=1)
+
+
+def depth_masks(depth: torch.Tensor, plane_depths: list[float]) -> torch.Tensor:
+    """Soft layer masks from a depth map by linear interpolation in inverse depth (diopters).
+
+    Args:
+        depth: (B, 1, H, W) object distance per pixel [m] (> 0, inf allowed).
+        plane_depths: D plane distances [m], sorted in either direction.
+
+    Returns:
+        (B, D, 1, H, W) in [0, 1], summing to 1 over D.
+    """
+    inv = 1.0 / depth
+    planes = torch.tensor([1.0 / d for d in plane_depths], dtype=depth.dtype, device=depth.device)
+    order = torch.argsort(planes)
+    ps = planes[order]
+    x = inv.clamp(ps[0], ps[-1])
+    weights = torch.zeros(depth.shape[0], len(plane_depths), *depth.shape[1:], dtype=depth.dtype,
+                          device=depth.device)
+    if len(plane_depths) == 1:
+        return weights + 1
+    for i in range(len(ps) - 1):
+        lo, hi = ps[i], ps[i + 1]
+        t = ((x - lo) / (hi - lo)).clamp(0, 1)
+        inside = (x >= lo) & ((x < hi) | (i == len(ps) - 2))
+        weights[:, order[i]] += torch.where(inside, 1 - t, torch.zeros_like(t))
+        weights[:, order[i + 1]] += torch.where(inside, t, torch.zeros_like(t))
+    return weights

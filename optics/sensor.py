@@ -1,0 +1,130 @@
+"""Sensor model: photo-electrons, Poisson-Gaussian noise, full-well saturation and ADC quantisation.
+
+Signal chain for an irradiance image x in [0, 1] (1 = white):
+    electrons   mu = x * photons_at_white * qe                  [e-]
+    noise       e = mu + sqrt(mu + read_noise^2) * eps,  eps ~ N(0, 1)   (reparameterised, differentiable in mu)
+                (or exact Poisson with a straight-through gradient)
+    saturation  e = clamp(e, 0, full_well)
+    ADC         digital = round(e / (photons_at_white * qe) * (2^bits - 1)) / (2^bits - 1), clamped to [0, 1]
+                with a straight-through gradient (1 inside the range, 0 where clipped).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+import torch
+from torch import nn
+
+
+@dataclass
+class SensorConfig:
+    """Sensor parameters.
+
+    Attributes:
+        photons_at_white: mean photons per pixel for input 1.0 [photons].
+        qe: quantum efficiency in (0, 1] [e-/photon].
+        full_well: full-well capacity [e-].
+        read_noise: read-noise standard deviation [e-].
+        bit_depth: ADC bits; None = no quantisation.
+        exact_poisson: sample exact Poisson shot noise (straight-through gradient) instead of the Gaussian
+            approximation.
+    """
+    photons_at_white: float = 20000.0
+    qe: float = 0.5
+    full_well: float = 20000.0
+    read_noise: float = 5.0
+    bit_depth: Optional[int] = 8
+    exact_poisson: bool = False
+
+    def __post_init__(self) -> None:
+        for key in ("photons_at_white", "full_well"):
+            if not getattr(self, key) > 0:
+                raise ValueError(f"sensor key '{key}' must be > 0, got {getattr(self, key)!r}")
+        if not 0 < self.qe <= 1:
+            raise ValueError(f"sensor key 'qe' must be in (0, 1], got {self.qe!r}")
+        if not self.read_noise >= 0:
+            raise ValueError(f"sensor key 'read_noise' must be >= 0 [e-], got {self.read_noise!r}")
+        if self.bit_depth is not None and not (isinstance(self.bit_depth, int) and 1 <= self.bit_depth <= 24):
+            raise ValueError(f"sensor key 'bit_depth' must be an integer in [1, 24] or None, got "
+                             f"{self.bit_depth!r}")
+
+    @property
+    def electrons_at_white(self) -> float:
+        """Mean photo-electrons for input 1.0 [e-]; the ADC full scale."""
+        return self.photons_at_white * self.qe
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def quantize_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
+    """ADC quantisation of x in [0, 1] to 2^bits levels with a straight-through gradient.
+
+    Args:
+        x: any shape, nominal range [0, 1]; values outside are clipped (zero gradient there).
+        bits: ADC bit depth.
+
+    Returns:
+        same shape, values k / (2^bits - 1); d out / d x = 1 inside [0, 1].
+    """
+    levels = float(2 ** int(bits) - 1)
+    xc = x.clamp(0.0, 1.0)
+    q = torch.round(xc * levels) / levels
+    return xc + (q - xc).detach()
+
+
+def poisson_gaussian_noise(electrons: torch.Tensor, read_noise: float, generator: torch.Generator | None = None,
+                           exact: bool = False) -> torch.Tensor:
+    """Add shot (Poisson) and read (Gaussian) noise to a mean electron count.
+
+    Args:
+        electrons: (...) mean photo-electrons [e-] (>= 0).
+        read_noise: read-noise standard deviation [e-].
+        generator: optional torch.Generator (reproducible noise).
+        exact: exact Poisson samples (straight-through gradient d/d mu = 1) instead of the reparameterised
+            Gaussian approximation N(mu, mu + read_noise^2) (exact mean and variance, differentiable in mu).
+
+    Returns:
+        (...) noisy electron counts [e-] (mean mu, variance mu + read_noise^2).
+    """
+    mu = electrons.clamp_min(0)
+    eps = torch.randn(mu.shape, generator=generator, dtype=mu.dtype, device=mu.device)
+    if exact:
+        shot = torch.poisson(mu.detach(), generator=generator)
+        return mu + (shot - mu).detach() + read_noise * eps
+    return mu + torch.sqrt((mu + read_noise ** 2).clamp_min(1e-12)) * eps
+
+
+class Sensor(nn.Module):
+    """Differentiable sensor: irradiance in [0, 1] -> digital image in [0, 1] (see module docstring)."""
+
+    def __init__(self, config: SensorConfig | None = None):
+        super().__init__()
+        self.config = config or SensorConfig()
+
+    def electrons(self, irradiance: torch.Tensor) -> torch.Tensor:
+        """Mean photo-electrons [e-] of an irradiance image (1 = white)."""
+        return irradiance * self.config.electrons_at_white
+
+    def forward(self, irradiance: torch.Tensor, noise: bool = True,
+                generator: torch.Generator | None = None) -> torch.Tensor:
+        """Capture.
+
+        Args:
+            irradiance: (B, C, H, W) in [0, 1] (1 = white level).
+            noise: add Poisson-Gaussian noise.
+            generator: optional torch.Generator for the noise.
+
+        Returns:
+            (B, C, H, W) digital values in [0, 1].
+        """
+        cfg = self.config
+        e = self.electrons(irradiance)
+        if noise:
+            e = poisson_gaussian_noise(e, cfg.read_noise, generator, cfg.exact_poisson)
+        e = torch.clamp(e, 0.0, cfg.full_well)
+        x = e / cfg.electrons_at_white
+        if cfg.bit_depth is None:
+            return x.clamp(0.0, 1.0)
+        return quantize_ste(x, cfg.bit_depth)

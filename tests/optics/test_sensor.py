@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from optics.sensor import Sensor, SensorConfig, poisson_gaussian_noise, quantize_ste
+
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_noise_mean_and_variance_in_electrons(exact):
+    g = torch.Generator().manual_seed(0)
+    mu, read = 400.0, 6.0
+    e = poisson_gaussian_noise(torch.full((400_000,), mu, dtype=torch.float64), read, g, exact=exact)
+    assert float(e.mean()) == pytest.approx(mu, abs=4 * ((mu + read ** 2) / 4e5) ** 0.5)
+    assert float(e.var()) == pytest.approx(mu + read ** 2, rel=0.02)
+
+
+def test_noise_is_reparameterised_differentiable_in_mean():
+    def f(mu):
+        return poisson_gaussian_noise(mu, 3.0, torch.Generator().manual_seed(5))
+
+    mu = torch.tensor([10.0, 100.0, 1000.0], dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(f, (mu,))
+    # exact Poisson: straight-through gradient of 1 w.r.t. the mean
+    mu2 = mu.detach().clone().requires_grad_(True)
+    poisson_gaussian_noise(mu2, 3.0, torch.Generator().manual_seed(5), exact=True).sum().backward()
+    assert torch.allclose(mu2.grad, torch.ones(3, dtype=torch.float64))
+
+
+def test_adc_quantisation_levels_and_straight_through_gradient():
+    x = torch.tensor([-0.2, 0.0, 0.1, 0.5, 0.999, 1.0, 1.3], dtype=torch.float64, requires_grad=True)
+    q = quantize_ste(x, 3)
+    assert torch.allclose(q, torch.tensor([0, 0, 1 / 7, 4 / 7, 1, 1, 1], dtype=torch.float64))
+    q.sum().backward()
+    assert torch.allclose(x.grad, torch.tensor([0, 1, 1, 1, 1, 1, 0], dtype=torch.float64))
+
+
+def test_full_well_saturation_and_scale():
+    cfg = SensorConfig(photons_at_white=1000.0, qe=0.5, full_well=250.0, read_noise=0.0, bit_depth=None)
+    s = Sensor(cfg)
+    x = torch.tensor([0.0, 0.2, 0.5, 0.8, 1.0]).reshape(1, 1, 1, 5)
+    out = s(x, noise=False)
+    # 500 e- at white; full well 250 e- clips at 0.5 of the ADC range
+    assert torch.allclose(out.flatten(), torch.tensor([0.0, 0.2, 0.5, 0.5, 0.5]))
+
+
+def test_sensor_noise_level_matches_config():
+    cfg = SensorConfig(photons_at_white=10000.0, qe=1.0, full_well=1e6, read_noise=10.0, bit_depth=None)
+    x = torch.full((1, 1, 300, 300), 0.25, dtype=torch.float64)
+    out = Sensor(cfg)(x, generator=torch.Generator().manual_seed(1))
+    expected_std = (2500 + 100) ** 0.5 / 10000
+    assert float(out.std()) == pytest.approx(expected_std, rel=0.02)
+    assert float(out.mean()) == pytest.approx(0.25, abs=3 * expected_std / 300)
+
+
+def test_bad_sensor_config_names_key():
+    with pytest.raises(ValueError, match="qe"):
+        SensorConfig(qe=1.5)
+    with pytest.raises(ValueError, match="bit_depth"):
+        SensorConfig(bit_depth=0)
