@@ -1,0 +1,425 @@
+"""Stage I: joint training of the camera's lens and the HeatmapRegressor, its checkpoints and their loading.
+
+Objective per step (weights are explicit arguments, see :class:`Stage1Config`):
+
+    L = L_heatmap(R(Camera(x)), H(teacher(x)))              relative weighted heatmap error, 1 = predict zeros
+      + lambda_coord * NME(soft_argmax(R(Camera(x))), teacher(x))     per-landmark mode only
+      + lambda_privacy * L_priv(PSF)                        identity-band power transmitted (stage1_losses)
+      + lambda_psf * (border energy + phase step)(PSF)      buildability / valid simulation (stage1_losses)
+
+Captures use the camera's sensor noise, drawn from a generator seeded by (seed, step); the images of step t
+are a function of (seed, t) (a fresh permutation per epoch). A checkpoint holds the optimisers and the RNG
+states, so a run killed after step K and resumed with ``resume_iter = K`` produces the same losses as an
+uninterrupted run. Images whose teacher found no face stay in the batches but are excluded from the heatmap and
+coordinate losses (their count is logged and written to ``<checkpoint_dir>/stage1_data.json``).
+
+Checkpoint (``checkpoint_path(dir, step, "optics")``): ``{"step", "args", "lens_config", "lens", "quantize",
+"psf", "psf_binning", "regressor_config", "regressor", "heatmap": {"mode", "sigma", "num_channels", "img_size",
+"teacher", "num_landmarks"}, "optims", "rng", "history"}``. ``lens`` / ``lens_config`` are None when a fixed
+(measured) PSF was used; ``psf`` is then that PSF.
+"""
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from anonymizer.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from anonymizer.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
+                                num_heatmap_channels, soft_argmax)
+from anonymizer.stage1_losses import (DEFAULT_PRIVACY_BAND, QuantizedLens, capture_psf, privacy_mtf_loss,
+                                      psf_binning, psf_regularizer)
+from optics.lens import Lens, LensConfig
+from optics.materials import refractive_index
+
+log = logging.getLogger(__name__)
+
+PROJECT_EVERY = 25
+"""Lens.project() (height-range clamp + aliasing check, ~2 PSF evaluations) runs every this many steps."""
+
+
+@dataclass
+class Stage1Config:
+    """Hyper-parameters of Stage I (everything the loop needs; no argparse object).
+
+    Attributes:
+        img_size: capture side S [px] (divides 256, see stage1_losses.capture_psf).
+        batch_size: images per step.
+        heatmap_mode: "grouped" (2 masks) or "landmarks" (one channel per point; enables the NME loss).
+        heatmap_sigma: Gaussian sigma [px]; None = img_size / 64 (at least 1).
+        num_landmarks: 68 (dlib teacher) or 5 (MTCNN).
+        lambda_privacy, lambda_psf, lambda_coord: loss weights.
+        optics_lr: lens learning rate in waves of surface height per step (1 wave = lambda_d / (n_d - 1)).
+        regressor_lr: Adam learning rate of the regressor.
+        freeze_lens: train the regressor only.
+        privacy_band: identity band (low, high) [cycles per face width], high None = Nyquist.
+        seed: seed of the data order, the noise and the initialisation.
+        regressor: HeatmapRegressor keyword arguments (besides in/out channels).
+    """
+    img_size: int = 128
+    batch_size: int = 8
+    heatmap_mode: str = "grouped"
+    heatmap_sigma: float | None = None
+    num_landmarks: int = 68
+    lambda_privacy: float = 1.0
+    lambda_psf: float = 0.1
+    lambda_coord: float = 1.0
+    optics_lr: float = 1e-3
+    regressor_lr: float = 1e-3
+    freeze_lens: bool = False
+    privacy_band: tuple = DEFAULT_PRIVACY_BAND
+    seed: int = 777
+    regressor: dict = field(default_factory=lambda: {"base": 16, "depth": 3})
+
+    @property
+    def sigma(self) -> float:
+        return float(self.heatmap_sigma) if self.heatmap_sigma else max(1.0, self.img_size / 64.0)
+
+
+class FaceLandmarkSet:
+    """Images with their teacher landmarks, indexable by position.
+
+    Args:
+        dataset: items ``(image (3, S, S) in [0, 1], label, path)`` (e.g. data.datasets.SourceDataset).
+        landmarks: (N, K, 2) float32 [px] in the S x S frame, NaN where the teacher found no face.
+        found: (N,) bool.
+    """
+
+    def __init__(self, dataset: Any, landmarks: np.ndarray, found: np.ndarray):
+        if len(dataset) != len(landmarks) or len(found) != len(landmarks):
+            raise ValueError(f"{len(dataset)} images but {len(landmarks)} landmark rows / {len(found)} flags")
+        self.dataset = dataset
+        self.landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
+        self.found = torch.as_tensor(np.asarray(found, dtype=bool))
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(images (B, 3, S, S) in [0, 1], landmarks (B, K, 2) [px], found (B,) bool)."""
+        idx = [int(i) for i in indices]
+        images = torch.stack([self.dataset[i][0] for i in idx])
+        return images, self.landmarks[idx], self.found[idx]
+
+
+def batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> list[int]:
+    """Indices of the images of (0-based) ``step``: a function of (seed, step) only.
+
+    Epoch e visits a permutation drawn from ``default_rng([seed, e])``; batches run across epoch boundaries.
+    """
+    if num_items < 1:
+        raise ValueError("no training images")
+    out = []
+    for pos in range(step * batch_size, (step + 1) * batch_size):
+        epoch, k = divmod(pos, num_items)
+        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_items)[k]))
+    return out
+
+
+def wave_height(config: LensConfig) -> float:
+    """Surface height [m] of one wave of phase at the design wavelength: lambda_d / (n_d - 1)."""
+    return config.design_wavelength / (refractive_index(config.material, config.design_wavelength) - 1.0)
+
+
+def build_lens(config: LensConfig, quantize_levels: int = 0) -> Lens:
+    """A Lens, or a QuantizedLens when ``quantize_levels`` > 0."""
+    return QuantizedLens(config, quantize_levels) if quantize_levels else Lens(config)
+
+
+def rng_state() -> dict[str, Any]:
+    """Global RNG states as checkpoint-safe values (tensors, lists, ints)."""
+    np_state = np.random.get_state()
+    return {"torch": torch.get_rng_state(), "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
+                                                       "pos": int(np_state[2]), "gauss": [int(np_state[3]),
+                                                                                          float(np_state[4])]},
+            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["gauss"][0], n["gauss"][1]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+
+
+class Stage1Trainer:
+    """Joint training of a camera (learnable Lens, fixed Lens or fixed PSF) and a HeatmapRegressor.
+
+    Args:
+        camera: optics.camera.Camera (its ``lens`` is trained unless ``config.freeze_lens``), or any module
+            ``forward(image, psf=None, generator=None) -> capture`` without a lens (e.g. a low-res baseline);
+            captures are made with the camera's own noise setting.
+        config: :class:`Stage1Config`.
+        train_set, val_set: :class:`FaceLandmarkSet` (val_set optional; used for samples and val metrics).
+        checkpoint_dir: where checkpoints and samples go (None: nothing is written).
+        device: torch device.
+        args: plain dict stored in checkpoints (e.g. vars(argparse namespace)).
+        logger: optional callable(step, dict of floats) (e.g. wandb.log).
+    """
+
+    def __init__(self, camera: nn.Module, config: Stage1Config, train_set: FaceLandmarkSet,
+                 val_set: FaceLandmarkSet | None = None, checkpoint_dir: str | Path | None = None,
+                 device: str | torch.device = "cpu", args: dict | None = None,
+                 logger: Callable[[int, dict], None] | None = None, teacher: str = "dlib"):
+        self.cfg = config
+        self.device = torch.device(device)
+        self.camera = camera.to(self.device)
+        self.lens: Lens | None = getattr(camera, "lens", None)
+        self.train_set, self.val_set = train_set, val_set
+        self.checkpoint_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+        self.args = dict(args or {})
+        self.logger = logger
+        self.teacher = teacher
+        self.num_channels = num_heatmap_channels(config.num_landmarks, config.heatmap_mode)
+        torch.manual_seed(config.seed)
+        self.regressor = HeatmapRegressor(3, self.num_channels, **config.regressor).to(self.device)
+        self.opt_regressor = torch.optim.Adam(self.regressor.parameters(), lr=config.regressor_lr,
+                                              betas=(0.9, 0.999))
+        self.train_lens = self.lens is not None and not config.freeze_lens
+        if self.lens is not None:
+            self.lens.requires_grad_(self.train_lens)
+        self.opt_lens = None
+        if self.train_lens:
+            self.opt_lens = torch.optim.Adam(self.lens.parameters(), lr=config.optics_lr * wave_height(
+                self.lens.config), betas=(0.9, 0.999))
+        self.step = 0
+        self.history: list[dict[str, float]] = []
+        self._fixed_psf: torch.Tensor | None = None
+
+    # ------------------------------------------------------------------------------------------------ forward
+    def capture_psf(self) -> torch.Tensor | None:
+        """(C, h, w) PSF on the capture grid, or None for a camera without a PSF (computed once when the
+        optics are fixed)."""
+        if not hasattr(self.camera, "psf"):
+            return None
+        if self.train_lens:
+            return capture_psf(self.camera.psf(), self.cfg.img_size)
+        if self._fixed_psf is None:
+            with torch.no_grad():
+                self._fixed_psf = capture_psf(self.camera.psf(), self.cfg.img_size)
+        return self._fixed_psf
+
+    def _capture(self, images: torch.Tensor, psf: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
+        if psf is None:
+            return self.camera(images, generator=generator)
+        return self.camera(images, psf=psf, generator=generator)
+
+    def losses(self, images: torch.Tensor, landmarks: torch.Tensor, found: torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float], dict[str, torch.Tensor]]:
+        """Total loss and its parts for one batch (see the module docstring)."""
+        cfg = self.cfg
+        psf = self.capture_psf()
+        capture = self._capture(images, psf, generator)
+        pred = self.regressor(capture)
+        target = landmarks_to_heatmaps(landmarks, cfg.img_size, cfg.sigma, cfg.heatmap_mode)
+        l_hm = heatmap_loss(pred, target, found)
+        total = l_hm
+        parts = {"heatmap": l_hm}
+        if cfg.heatmap_mode == "landmarks":
+            nme = landmark_nme(soft_argmax(pred), torch.nan_to_num(landmarks))
+            l_coord = torch.where(found, nme, torch.zeros_like(nme)).sum() / found.sum().clamp_min(1)
+            total = total + cfg.lambda_coord * l_coord
+            parts["nme"] = l_coord
+        if psf is not None:
+            grad_ok = self.train_lens
+            with torch.set_grad_enabled(grad_ok and torch.is_grad_enabled()):
+                l_priv = privacy_mtf_loss(psf, cfg.img_size, tuple(cfg.privacy_band))
+                regs = psf_regularizer(psf, self.lens)
+            parts["privacy"] = l_priv
+            for k, v in regs.items():
+                parts[f"psf_{k}"] = v
+            if grad_ok:
+                total = total + cfg.lambda_privacy * l_priv + cfg.lambda_psf * sum(regs.values())
+        parts["total"] = total
+        scalars = {k: float(v.detach()) for k, v in parts.items()}
+        return total, scalars, {"capture": capture, "pred": pred, "target": target}
+
+    def _generator(self, step: int, salt: int = 0) -> torch.Generator:
+        seed = (self.cfg.seed * 1_000_003 + step * 7919 + salt) % (2 ** 63 - 1)
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def train_step(self) -> dict[str, float]:
+        """One optimisation step (the one numbered ``self.step``); returns its scalar losses."""
+        self.regressor.train()
+        idx = batch_indices(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
+        images, landmarks, found = (t.to(self.device) for t in self.train_set.batch(idx))
+        total, scalars, _ = self.losses(images, landmarks, found, self._generator(self.step))
+        self.opt_regressor.zero_grad(set_to_none=True)
+        if self.opt_lens is not None:
+            self.opt_lens.zero_grad(set_to_none=True)
+        total.backward()
+        self.opt_regressor.step()
+        if self.opt_lens is not None:
+            self.opt_lens.step()
+            if self.step % PROJECT_EVERY == PROJECT_EVERY - 1:
+                self.lens.project()
+        scalars["valid"] = float(found.sum())
+        self.step += 1
+        self.history.append(scalars)
+        return scalars
+
+    # --------------------------------------------------------------------------------------------- evaluation
+    @torch.no_grad()
+    def evaluate(self, data: FaceLandmarkSet, batch_size: int = 32, salt: int = 1) -> dict[str, Any]:
+        """Heatmap loss and (per-landmark mode) NME on a set; noise from a fixed generator.
+
+        Returns:
+            {"heatmap", "nme" (or None), "num_images", "num_valid", "per_image_nme" (list, NaN when no face)}.
+        """
+        self.regressor.eval()
+        psf = self.capture_psf()
+        gen = self._generator(-1, salt)
+        hm, nmes, n_valid = [], [], 0
+        for start in range(0, len(data), batch_size):
+            idx = list(range(start, min(len(data), start + batch_size)))
+            images, landmarks, found = (t.to(self.device) for t in data.batch(idx))
+            capture = self._capture(images, psf, gen)
+            pred = self.regressor(capture)
+            target = landmarks_to_heatmaps(landmarks, self.cfg.img_size, self.cfg.sigma, self.cfg.heatmap_mode)
+            if found.any():
+                hm.append(float(heatmap_loss(pred, target, found)) * int(found.sum()))
+            n_valid += int(found.sum())
+            if self.cfg.heatmap_mode == "landmarks":
+                nme = landmark_nme(soft_argmax(pred), torch.nan_to_num(landmarks))
+                nmes += [float(v) if ok else float("nan") for v, ok in zip(nme.cpu(), found.cpu())]
+        self.regressor.train()
+        valid_nme = [v for v in nmes if v == v]
+        return {"heatmap": sum(hm) / max(1, n_valid), "nme": float(np.mean(valid_nme)) if valid_nme else None,
+                "num_images": len(data), "num_valid": n_valid, "per_image_nme": nmes}
+
+    @torch.no_grad()
+    def sample_grid(self, data: FaceLandmarkSet, num: int = 4) -> np.ndarray:
+        """Rows of ``clean | capture | predicted heatmap | target heatmap`` for the first ``num`` images.
+
+        Returns:
+            (num * S, 4 * S, 3) float32 in [0, 1].
+        """
+        self.regressor.eval()
+        idx = list(range(min(num, len(data))))
+        images, landmarks, found = (t.to(self.device) for t in data.batch(idx))
+        capture = self._capture(images, self.capture_psf(), self._generator(-1, 2))
+        pred = self.regressor(capture)
+        target = landmarks_to_heatmaps(landmarks, self.cfg.img_size, self.cfg.sigma, self.cfg.heatmap_mode)
+        self.regressor.train()
+        gray = [t.amax(dim=1, keepdim=True).expand(-1, 3, -1, -1) for t in (pred, target)]
+        rows = torch.cat([images, capture.clamp(0, 1), *gray], dim=-1)  # (B, 3, S, 4S)
+        return torch.cat(list(rows), dim=-2).permute(1, 2, 0).cpu().numpy()
+
+    # -------------------------------------------------------------------------------------------- checkpoints
+    def state(self) -> dict[str, Any]:
+        """The checkpoint dict (see the module docstring)."""
+        cfg = self.cfg
+        lens = self.lens
+        quant = None
+        if isinstance(lens, QuantizedLens):
+            quant = {"levels": lens.levels, "h_min": lens.h_range[0], "h_max": lens.h_range[1]}
+        psf = None
+        if lens is None and hasattr(self.camera, "fixed_psf"):
+            psf = self.camera.fixed_psf.detach().cpu()
+        return {
+            "step": self.step,
+            "args": _plain(self.args),
+            "stage1_config": _plain(asdict(cfg)),
+            "lens_config": _plain(lens.config.to_dict()) if lens is not None else None,
+            "lens": {k: v.detach().cpu() for k, v in lens.state_dict().items()} if lens is not None else None,
+            "quantize": quant,
+            "psf": psf,
+            "psf_binning": psf_binning(cfg.img_size),
+            "regressor_config": dict(self.regressor.config),
+            "regressor": {k: v.detach().cpu() for k, v in self.regressor.state_dict().items()},
+            "heatmap": {"mode": cfg.heatmap_mode, "sigma": cfg.sigma, "num_channels": self.num_channels,
+                        "img_size": cfg.img_size, "teacher": self.teacher, "num_landmarks": cfg.num_landmarks},
+            "optims": {"regressor": self.opt_regressor.state_dict(),
+                       "lens": self.opt_lens.state_dict() if self.opt_lens is not None else None},
+            "rng": rng_state(),
+            "history": [dict(h) for h in self.history],
+        }
+
+    def save(self) -> Path:
+        """Write ``<checkpoint_dir>/<step>_optics.ckpt`` atomically."""
+        if self.checkpoint_dir is None:
+            raise ValueError("Stage1Trainer has no checkpoint_dir to save to")
+        path = save_checkpoint(checkpoint_path(self.checkpoint_dir, self.step, "optics"), self.state())
+        log.info("saved %s", path)
+        return path
+
+    def resume(self, step: int) -> None:
+        """Load ``<checkpoint_dir>/<step>_optics.ckpt`` (networks, optimisers, RNG, history).
+
+        Raises:
+            CheckpointError: missing / unreadable file. ValueError: incompatible checkpoint (names the key).
+        """
+        path = checkpoint_path(self.checkpoint_dir, step, "optics")
+        state = load_checkpoint(path, map_location=self.device)
+        if state["heatmap"]["num_channels"] != self.num_channels:
+            raise ValueError(f"{path}: heatmap num_channels {state['heatmap']['num_channels']} differs from this "
+                             f"run's {self.num_channels} (--heatmap_mode / --teacher)")
+        self.regressor.load_state_dict(state["regressor"])
+        self.opt_regressor.load_state_dict(state["optims"]["regressor"])
+        if self.lens is not None and state["lens"] is not None:
+            self.lens.load_state_dict(state["lens"])
+            self._fixed_psf = None
+        if self.opt_lens is not None and state["optims"]["lens"] is not None:
+            self.opt_lens.load_state_dict(state["optims"]["lens"])
+        set_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.history = [dict(h) for h in state.get("history", [])][: self.step]
+        log.info("resumed from %s (step %d)", path, self.step)
+
+
+def _plain(obj: Any) -> Any:
+    """Checkpoint-safe copy: dicts, lists, numbers, strings, None (tuples -> lists, paths -> str)."""
+    if isinstance(obj, dict):
+        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)
+
+
+def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
+                           ) -> tuple[Lens | torch.Tensor, HeatmapRegressor, dict[str, Any]]:
+    """Load a Stage I checkpoint (frozen, eval mode).
+
+    Args:
+        path: a ``*_optics.ckpt`` file.
+
+    Returns:
+        (optic, regressor, meta): optic is the trained Lens (a QuantizedLens when trained quantised) or, for a
+        run on a measured PSF, that (C, h, w) PSF tensor (both accepted by optics.camera.Camera); meta holds
+        "heatmap", "psf_binning", "step", "args", "lens_config", "quantize", "stage1_config". The PSF of the
+        captures the regressor was trained on is ``anonymizer.stage1_losses.capture_psf(Camera(optic).psf(),
+        meta["heatmap"]["img_size"])``.
+
+    Raises:
+        CheckpointError: missing / unreadable. ValueError: not a Stage I checkpoint (names the missing key).
+    """
+    state = load_checkpoint(path, map_location=map_location)
+    for key in ("regressor", "regressor_config", "heatmap"):
+        if key not in state:
+            raise ValueError(f"{path}: not a Stage I optics checkpoint (no '{key}' key)")
+    if state.get("lens") is not None:
+        config = LensConfig.from_dict(dict(state["lens_config"]), source=str(path))
+        quant = state.get("quantize")
+        optic: Lens | torch.Tensor = (QuantizedLens(config, quant["levels"], (quant["h_min"], quant["h_max"]))
+                                      if quant else Lens(config))
+        optic.load_state_dict(state["lens"])
+        optic.requires_grad_(False).eval()
+    elif state.get("psf") is not None:
+        optic = state["psf"].float()
+    else:
+        raise ValueError(f"{path}: Stage I checkpoint holds neither 'lens' nor 'psf'")
+    regressor = HeatmapRegressor(**state["regressor_config"])
+    regressor.load_state_dict(state["regressor"])
+    regressor.requires_grad_(False).eval()
+    meta = {k: state.get(k) for k in ("step", "args", "lens_config", "quantize", "heatmap", "psf_binning",
+                                      "stage1_config")}
+    return optic, regressor, meta

@@ -1,0 +1,151 @@
+"""``--mode train_optics``: Stage I, the lens and the heatmap regressor trained jointly.
+
+    python main.py --mode train_optics --img_size 128 --total_iters 2000 --checkpoint_dir expr/optics \
+        [--train_img_dir DIR --val_img_dir DIR] [--lens face-deid | LENS.yaml | STAGE1.ckpt] [--psf PSF.npy]
+        [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX]
+        [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
+        [--quantize_levels N] [--resume_iter K] [--wandb]
+
+Without image folders the embedded face set is used (pipelines.faces.default_face_dirs). Checkpoints
+(``<step>_optics.ckpt``), sample grids (``samples/<step>_stage1.png``: clean | capture | predicted heatmap |
+target) and ``stage1_data.json`` (skipped files, images without a teacher face) go to ``--checkpoint_dir``
+(default expr/optics). The checkpoint format is described in anonymizer/stage1.py.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+from data.files import save_image, save_json
+from pipelines.common import is_checkpoint_file, resolve_device, seed_everything
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT_DIR = "expr/optics"
+REGRESSOR = {"base": 16, "depth": 3}
+
+
+def image_dirs(args: argparse.Namespace) -> tuple[Path, Path | None]:
+    """(train_dir, val_dir): the given folders, or the embedded face set at args.img_size."""
+    if args.train_img_dir:
+        return Path(args.train_img_dir), (Path(args.val_img_dir) if args.val_img_dir else None)
+    from pipelines.faces import default_face_dirs
+
+    train_dir, val_dir = default_face_dirs(args.img_size)
+    return train_dir, (Path(args.val_img_dir) if args.val_img_dir else val_dir)
+
+
+def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], name: str):
+    """Scan a folder (corrupt files skipped and reported), run / read the teacher, return a FaceLandmarkSet."""
+    from anonymizer.stage1 import FaceLandmarkSet
+    from data.datasets import SourceDataset, scan
+
+    scanned = scan(folder)
+    dataset = SourceDataset(scanned, img_size, augment=False, cache=True)
+    result = teacher.landmarks_for_files(dataset.files, img_size)
+    report[name] = {"folder": str(folder), "num_images": len(dataset), "num_skipped": scanned.num_skipped,
+                    "skipped": [{"file": str(p), "reason": r} for p, r in scanned.skipped],
+                    "num_without_face": result.num_missing, "without_face": result.missing}
+    log.info("%s: %d images, %d skipped, %d without a %s face (excluded from the heatmap loss)", name,
+             len(dataset), scanned.num_skipped, result.num_missing, teacher.name)
+    if result.num_missing == len(dataset):
+        raise ValueError(f"{folder}: the {teacher.name} teacher found no face in any of the {len(dataset)} images")
+    return FaceLandmarkSet(dataset, result.landmarks, result.found)
+
+
+def build_stage1_camera(args: argparse.Namespace):
+    """Camera with sensor noise: measured PSF (--psf), or a lens from a preset / YAML / Stage I checkpoint."""
+    from anonymizer.stage1 import build_lens, load_optics_checkpoint
+    from optics.camera import Camera
+    from optics.lens import Lens, load_lens_config
+
+    levels = int(getattr(args, "quantize_levels", 0) or 0)
+    if args.psf:
+        from hardware.psf_io import load_calibrated_psf
+
+        return Camera(load_calibrated_psf(args.psf), noise=True)
+    if is_checkpoint_file(args.lens):
+        optic, _, _ = load_optics_checkpoint(args.lens)
+        if not isinstance(optic, Lens):
+            return Camera(optic, noise=True)
+        lens = build_lens(optic.config, levels)
+        lens.load_state_dict(optic.state_dict())
+    else:
+        overrides = {}
+        if getattr(args, "object_distance", None) is not None:
+            overrides["object_distance"] = args.object_distance
+        lens = build_lens(load_lens_config(args.lens, **overrides), levels)
+    lens.requires_grad_(True)
+    return Camera(lens, noise=True)
+
+
+def stage1_config(args: argparse.Namespace, num_landmarks: int):
+    from anonymizer.stage1 import Stage1Config
+
+    return Stage1Config(img_size=args.img_size, batch_size=args.batch_size, heatmap_mode=args.heatmap_mode,
+                        heatmap_sigma=args.heatmap_sigma, num_landmarks=num_landmarks,
+                        lambda_privacy=args.lambda_privacy, lambda_psf=args.lambda_psf, optics_lr=args.optics_lr,
+                        regressor_lr=args.regressor_lr, freeze_lens=args.freeze_lens, seed=args.seed,
+                        regressor=dict(REGRESSOR))
+
+
+def run(args: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from anonymizer.stage1 import Stage1Trainer
+    from anonymizer.teacher import TEACHERS, LandmarkTeacher
+
+    if args.total_iters < 1:
+        raise ValueError(f"--total_iters must be >= 1, got {args.total_iters}")
+    if args.resume_iter < 0 or args.resume_iter > args.total_iters:
+        raise ValueError(f"--resume_iter {args.resume_iter} must be in [0, --total_iters {args.total_iters}]")
+    device = resolve_device(args.device)
+    seed_everything(args.seed)
+    ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
+    train_dir, val_dir = image_dirs(args)
+    teacher = LandmarkTeacher(args.teacher, device=str(device))
+    report: dict[str, Any] = {"teacher": args.teacher, "img_size": args.img_size}
+    train_set = load_face_set(train_dir, args.img_size, teacher, report, "train")
+    val_set = load_face_set(val_dir, args.img_size, teacher, report, "val") if val_dir else None
+    save_json(ckpt_dir / "stage1_data.json", report)
+
+    logger = None
+    if args.wandb:
+        try:
+            import wandb  # lazy: only with --wandb (WANDB_MODE=offline works)
+        except ImportError as err:
+            raise RuntimeError("--wandb needs the wandb package (pip install wandb, or the [wandb] extra)") from err
+
+        run_ = wandb.init(project="privacy-optics", job_type="train_optics", config=vars(args))
+        logger = lambda step, values: run_.log(values, step=step)  # noqa: E731
+
+    camera = build_stage1_camera(args)
+    trainer = Stage1Trainer(camera, stage1_config(args, TEACHERS[args.teacher]), train_set, val_set,
+                            checkpoint_dir=ckpt_dir, device=device, args=vars(args), logger=logger,
+                            teacher=args.teacher)
+    if args.resume_iter:
+        trainer.resume(args.resume_iter)
+    bar = tqdm(range(trainer.step, args.total_iters), desc="train_optics", initial=trainer.step,
+               total=args.total_iters)
+    for _ in bar:
+        values = trainer.train_step()
+        step = trainer.step
+        bar.set_postfix(loss=f"{values['total']:.4f}", priv=f"{values.get('privacy', float('nan')):.2e}")
+        if step % max(1, args.print_every) == 0:
+            log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+        if logger is not None:
+            logger(step, {f"train/{k}": v for k, v in values.items()})
+        if val_set is not None and (step % max(1, args.sample_every) == 0 or step == args.total_iters):
+            save_image(ckpt_dir / "samples" / f"{step:06d}_stage1.png", trainer.sample_grid(val_set))
+            metrics = trainer.evaluate(val_set)
+            log.info("step %d val: heatmap=%.4f nme=%s (%d/%d images with a face)", step, metrics["heatmap"],
+                     "n/a" if metrics["nme"] is None else f"{metrics['nme']:.4f}", metrics["num_valid"],
+                     metrics["num_images"])
+            if logger is not None:
+                logger(step, {"val/heatmap": metrics["heatmap"],
+                              **({"val/nme": metrics["nme"]} if metrics["nme"] is not None else {})})
+        if step % max(1, args.save_every) == 0 and step != args.total_iters:
+            trainer.save()
+    trainer.save()
