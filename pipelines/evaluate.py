@@ -1,0 +1,179 @@
+"""``python main.py --mode eval --gen_dir DIR --real_dir DIR --out DIR [--baselines lowres,blur,pixelate]
+[--attacks wiener,rl,inverter] [--detectors mtcnn,dlib] [--fid_stats F.npz] [--max_images N]``.
+
+Pairs every image of ``--gen_dir`` with the original of the same file name in ``--real_dir`` (the same stem
+with another suffix also pairs), then scores the generated images and every requested baseline / attack with
+:class:`metrics.evaluate.Evaluator`. Writes ``<out>/eval.json`` (the generated images' numbers at the top level,
+every method under ``methods``) and ``<out>/eval.md`` (the table of :func:`metrics.report.markdown_table`).
+
+Pairs that cannot be used (no original / unreadable file / size mismatch) are skipped and listed in
+``eval.json["skipped"]`` with the reason; an empty folder or no usable pair at all is an error.
+
+Attacks need the camera (``--lens`` / ``--psf``, as every imaging mode): the originals are captured through
+it, then the capture is attacked with the true PSF (Wiener, Richardson-Lucy) or a learned inverter. With
+``inverter`` in ``--attacks`` the inverter trains on the first half of the pairs (sorted by name) and every
+attack row is scored on the second half only (disjoint from the inverter's training images).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from data.files import save_json, save_text
+from data.images import ImageReadError, list_images, read_image
+
+log = logging.getLogger(__name__)
+
+ATTACKS = ("wiener", "rl", "inverter")
+
+
+def pair_folders(gen_dir: str | Path, real_dir: str | Path, max_images: int | None = None
+                 ) -> tuple[list[np.ndarray], list[np.ndarray], list[str], list[dict]]:
+    """Read the generated / original pairs of two folders.
+
+    Returns:
+        ``(generated, originals, names, skipped)``: (H, W, 3) float32 images in [0, 1], the generated file
+        names, and ``[{"name", "reason"}]`` for every file left out.
+
+    Raises:
+        FileNotFoundError: a folder does not exist.
+        ValueError: a folder has no images, no file name is shared, or no pair is usable.
+    """
+    gen_files, real_files = list_images(gen_dir), list_images(real_dir)
+    for folder, files in ((gen_dir, gen_files), (real_dir, real_files)):
+        if not files:
+            raise ValueError(f"{folder}: no images (suffixes .png .jpg .jpeg .bmp .tif .tiff .webp)")
+    by_name = {p.name: p for p in real_files}
+    by_stem: dict[str, list[Path]] = {}
+    for p in real_files:
+        by_stem.setdefault(p.stem, []).append(p)
+    skipped: list[dict] = []
+    pairs: list[tuple[Path, Path]] = []
+    for g in gen_files:
+        r = by_name.get(g.name) or (by_stem[g.stem][0] if len(by_stem.get(g.stem, [])) == 1 else None)
+        if r is None:
+            skipped.append({"name": g.name, "reason": f"no original of that name in {real_dir}"})
+        else:
+            pairs.append((g, r))
+    if not pairs:
+        raise ValueError(f"no file name of {gen_dir} ({gen_files[0].name}, ...) matches one in {real_dir} "
+                         f"({real_files[0].name}, ...): outputs are paired with originals by file name")
+    if max_images is not None:
+        if max_images < 1:
+            raise ValueError(f"--max_images must be >= 1, got {max_images}")
+        pairs = pairs[:max_images]
+    generated, originals, names = [], [], []
+    for g, r in pairs:
+        try:
+            gi, ri = read_image(g), read_image(r)
+        except ImageReadError as err:
+            skipped.append({"name": g.name, "reason": str(err)})
+            continue
+        if gi.shape != ri.shape:
+            skipped.append({"name": g.name, "reason": f"size {gi.shape[1]}x{gi.shape[0]} differs from the "
+                                                      f"original's {ri.shape[1]}x{ri.shape[0]}"})
+            continue
+        generated.append(gi)
+        originals.append(ri)
+        names.append(g.name)
+    for s in skipped:
+        log.warning("skipped %s: %s", s["name"], s["reason"])
+    if not names:
+        raise ValueError(f"no usable image pair in {gen_dir} / {real_dir} ({len(skipped)} skipped: "
+                         f"{skipped[0]['reason']})")
+    return generated, originals, names, skipped
+
+
+def _device(name: str) -> str:
+    from pipelines.common import resolve_device
+
+    return str(resolve_device(name))
+
+
+def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device: str = "cpu") -> dict[str, dict]:
+    """Capture the originals through the camera and score the raw capture and each attack on it.
+
+    Returns:
+        {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture).
+    """
+    import torch
+
+    from data.images import to_numpy, to_tensor
+    from metrics import attacks as atk
+    from pipelines.common import build_camera
+
+    camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance)
+    gen = torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
+    with torch.no_grad():
+        psf = camera.psf().detach().cpu().numpy()
+        captures = [to_numpy(camera(to_tensor(im), generator=gen)) for im in evaluator.originals]
+    n = len(captures)
+    idx = list(range(n))
+    methods: dict[str, dict] = {}
+    net = None
+    if "inverter" in attacks:
+        if n < 2:
+            raise ValueError("the inverter attack needs at least 2 image pairs (half train, half test)")
+        half = n // 2
+        train, idx = idx[:half], idx[half:]
+        log.info("inverter: training on %d capture/clean pairs, attacks scored on the other %d", half, len(idx))
+        net = atk.train_inverter([captures[i] for i in train], [evaluator.originals[i] for i in train],
+                                 iters=int(getattr(args, "inverter_iters", 500)), device=device)
+    test_caps = [captures[i] for i in idx]
+    methods["capture"] = evaluator.evaluate(test_caps, idx)
+    if "wiener" in attacks:
+        methods["wiener"] = evaluator.evaluate([atk.wiener_attack(c, psf) for c in test_caps], idx)
+    if "rl" in attacks:
+        methods["rl"] = evaluator.evaluate([atk.richardson_lucy_attack(c, psf) for c in test_caps], idx)
+    if net is not None:
+        methods["inverter"] = evaluator.evaluate(atk.invert(net, test_caps), idx)
+    return methods
+
+
+def run(args: argparse.Namespace) -> None:
+    """Evaluate ``args.gen_dir`` against ``args.real_dir``; write eval.json and eval.md to ``args.out``."""
+    from metrics.baselines import apply_baseline, parse_baselines
+    from metrics.evaluate import DETECTORS, Evaluator, parse_list
+    from metrics.report import markdown_table
+
+    if args.gen_dir is None:
+        raise ValueError("--mode eval from a checkpoint (--checkpoint_dir / --optics_checkpoint) is not "
+                         "available yet: write the outputs with --mode sample, then pass --gen_dir and --real_dir")
+    if args.real_dir is None:
+        raise ValueError("--mode eval with --gen_dir needs --real_dir (the originals, paired by file name)")
+    detectors = parse_list(args.detectors, DETECTORS, "detector")
+    baselines = parse_baselines(args.baselines or "")
+    attacks = parse_list(getattr(args, "attacks", "") or "", ATTACKS, "attack")
+    out = Path(args.out or getattr(args, "eval_dir", None) or "expr/eval")
+    device = _device(getattr(args, "device", "cpu"))
+
+    generated, originals, names, skipped = pair_folders(args.gen_dir, args.real_dir, args.max_images)
+    log.info("evaluating %d pairs (%d skipped)", len(names), len(skipped))
+    evaluator = Evaluator(originals, names, detectors=detectors, fid=True, fid_stats=args.fid_stats,
+                          fid_backend=getattr(args, "fid_backend", "torchscript"),
+                          fid_weights=getattr(args, "fid_weights", None), device=device)
+    methods = {"generated": evaluator.evaluate(generated)}
+    for name, param in baselines.items():
+        log.info("baseline %s", name)
+        methods[name] = evaluator.evaluate([apply_baseline(name, im, param) for im in originals])
+    if attacks:
+        methods.update(run_attacks(args, evaluator, attacks, device))
+
+    result = dict(methods["generated"])
+    result.update({
+        "methods": methods,
+        "num_pairs": len(names),
+        "skipped": skipped,
+        "settings": {"gen_dir": str(args.gen_dir), "real_dir": str(args.real_dir), "detectors": detectors,
+                     "baselines": baselines, "attacks": attacks, "fid_stats": args.fid_stats,
+                     "fid_backend": evaluator.extractor.backend if evaluator.extractor is not None else None,
+                     "max_images": args.max_images},
+    })
+    save_json(out / "eval.json", result)
+    table = markdown_table(methods, detectors)
+    save_text(out / "eval.md", f"# Evaluation: {args.gen_dir} vs {args.real_dir}\n\n{table}")
+    print(table)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'} ({len(names)} pairs, {len(skipped)} skipped)")
