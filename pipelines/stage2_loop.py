@@ -1,0 +1,185 @@
+"""The Stage II training run behind ``--mode train`` (data, optics, model, loop, samples, checkpoints)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from anonymizer.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from anonymizer.distributed import DistInfo, barrier, mean_over_ranks
+from anonymizer.model import build_model
+from anonymizer.sampling import STAGE2_NAME, FrozenOptics, anonymize, sample_rows, save_grid
+from anonymizer.solver import Solver, StepData, TrainOptions, run_steps
+
+log = logging.getLogger(__name__)
+
+
+def stage2_state(solver: Solver, optics: FrozenOptics, step: int, args: dict[str, Any]) -> dict[str, Any]:
+    """Checkpoint payload of Stage II (format in anonymizer/sampling.py)."""
+    return {"step": step, "args": args, "model": dict(solver.nets.config), **solver.state(),
+            "psf": optics.camera.psf().detach().float().cpu(),
+            "regressor_config": dict(optics.regressor.config),
+            "regressor": {k: v.detach().cpu() for k, v in optics.regressor.state_dict().items()},
+            "heatmap": dict(optics.heatmap), "optics": {"source": optics.source}}
+
+
+def save_stage2(ckpt_dir: str | Path, solver: Solver, optics: FrozenOptics, step: int,
+                args: dict[str, Any]) -> Path:
+    """Write ``<ckpt_dir>/<step:06d>_nets.ckpt`` atomically."""
+    path = save_checkpoint(checkpoint_path(ckpt_dir, step, STAGE2_NAME), stage2_state(solver, optics, step, args))
+    log.info("saved %s", path)
+    return path
+
+
+def _restore_optics(solver: Solver, state: dict[str, Any]) -> None:
+    """Use the checkpoint's frozen PSF and regressor (exact resume even if the optics source changed)."""
+    psf, reg = state.get("psf"), state.get("regressor")
+    if psf is not None and psf.shape == solver.camera.psf.shape:
+        if not torch.allclose(psf.to(solver.camera.psf), solver.camera.psf):
+            log.warning("resume: the camera PSF differs from the checkpoint's; using the checkpoint's")
+        solver.camera.psf.copy_(psf)
+    if reg is not None:
+        solver.regressor.load_state_dict(reg)
+
+
+def load_datasets(train_dir: Path, val_dir: Path, img_size: int, num_domains: int, seed: int):
+    """(source, reference, val) datasets; the number of domain folders must equal ``num_domains``."""
+    from data.datasets import ReferenceDataset, SourceDataset, scan
+
+    train_scan = scan(train_dir, verify="header")
+    cache = len(train_scan) <= 5000
+    source = SourceDataset(train_scan, img_size, augment=True, cache=cache)
+    if len(source.domains) != num_domains:
+        raise ValueError(f"{train_dir}: {len(source.domains)} domain folder(s) {source.domains} but "
+                         f"--num_domains {num_domains}")
+    reference = ReferenceDataset(train_scan, img_size, augment=True, cache=cache, seed=seed)
+    val = SourceDataset(scan(val_dir, verify="header", domains=source.domains), img_size, cache=False)
+    log.info("train: %d images in %d domain(s) %s (%d skipped); val: %d images", len(source), num_domains,
+             source.domains, train_scan.num_skipped, len(val))
+    return source, reference, val
+
+
+def fixed_val_batch(val: Any, num: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """First ``num`` validation images spread over the set (deterministic): ((N, 3, S, S), (N,))."""
+    n = min(num, len(val))
+    idx = torch.linspace(0, len(val) - 1, n).round().long().tolist()
+    return torch.stack([val[i][0] for i in idx]), torch.tensor([int(val[i][1]) for i in idx])
+
+
+@torch.no_grad()
+def write_samples(sample_dir: Path, step: int, solver: Solver, optics: FrozenOptics, images: torch.Tensor,
+                  labels: torch.Tensor, num_domains: int, latent_dim: int, seed: int) -> None:
+    """Grids ``source | capture | heatmap | outputs``: one per reference (latent: one per domain)."""
+    dev = solver.device
+    images = images.to(dev)
+    refs, ref_labels = images.flip(0), labels.flip(0)
+    res = anonymize(solver.nets_ema, solver.camera, solver.regressor, images, refs, ref_labels.to(dev))
+    save_grid(sample_dir / f"{step:06d}_reference.png", [[None, None, None, *refs]] + sample_rows(res, images))
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(num_domains, latent_dim, generator=gen).to(dev)
+    res = anonymize(solver.nets_ema, solver.camera, solver.regressor, images, z,
+                    torch.arange(num_domains, device=dev))
+    save_grid(sample_dir / f"{step:06d}_latent.png", sample_rows(res, images))
+
+
+class FIDProbe:
+    """FID (metrics.fid, TorchScript Inception) of paired reference-guided EMA outputs on up to ``num`` validation
+    sources against the statistics of up to ``num_ref`` training faces (computed once)."""
+
+    def __init__(self, source: Any, val: Any, num: int = 64, num_ref: int = 500):
+        from metrics.fid import InceptionFeatures, statistics
+
+        self.inception = InceptionFeatures()
+        n_ref = min(num_ref, len(source))
+        idx = torch.linspace(0, len(source) - 1, n_ref).round().long().tolist()
+        real = [source.load(i).permute(1, 2, 0).numpy() for i in idx]
+        self.mu, self.sigma = statistics(self.inception.features(real, progress=False))
+        self.images, self.labels = fixed_val_batch(val, num)
+
+    @torch.no_grad()
+    def __call__(self, solver: Solver) -> float:
+        from metrics.fid import fid_from_features
+
+        dev = solver.device
+        images = self.images.to(dev)
+        res = anonymize(solver.nets_ema, solver.camera, solver.regressor, images, images.roll(1, 0),
+                        self.labels.roll(1, 0).to(dev), paired=True)
+        fakes = [t.permute(1, 2, 0).cpu().numpy() for t in res.outputs]
+        return fid_from_features(self.inception.features(fakes, progress=False), self.mu, self.sigma)
+
+
+def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device) -> None:
+    from pipelines.train import DEFAULT_CHECKPOINT_DIR, build_optics, image_dirs, plain_args
+
+    ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
+    sample_dir = Path(args.sample_dir)
+    train_dir, val_dir = image_dirs(args)
+    if not args.train_img_dir:
+        from data.datasets import find_domains
+
+        found = max(1, len(find_domains(train_dir)))
+        if found != args.num_domains:
+            log.warning("embedded face set: %d domain(s), using --num_domains %d instead of %d", found, found,
+                        args.num_domains)
+            args.num_domains = found
+    source, reference, val = load_datasets(train_dir, val_dir, args.img_size, args.num_domains, args.seed)
+    if info.is_main:
+        optics = build_optics(args, ckpt_dir, device, True)
+        barrier(info)
+    else:
+        barrier(info)
+        optics = build_optics(args, ckpt_dir, device, False)
+    torch.manual_seed(args.seed)
+    channels = int(optics.regressor.config["out_channels"])
+    nets, nets_ema = build_model(**{**vars(args), "heatmap_channels": channels})
+    opts = TrainOptions.from_args(args)
+    solver = Solver(nets, nets_ema, optics.camera, optics.regressor, opts, device, info)
+    optics.camera, optics.regressor = solver.camera.camera, solver.regressor
+    saved_args = {**plain_args(args), "domains": ",".join(source.domains)}
+    if args.resume_iter:
+        state = load_checkpoint(checkpoint_path(ckpt_dir, args.resume_iter, STAGE2_NAME), map_location=device)
+        solver.load_state(state)
+        _restore_optics(solver, state)
+        log.info("resumed from step %d", args.resume_iter)
+    data = StepData(source, reference, args.batch_size, args.latent_dim, args.seed, info)
+    val_images, val_labels = fixed_val_batch(val, min(8, args.val_batch_size))
+
+    wandb_run = None
+    if args.wandb and info.is_main:
+        import wandb  # lazy: only with --wandb
+
+        wandb_run = wandb.init(project="privacy-optics", job_type="train", config=saved_args)
+
+    probe: FIDProbe | None = None
+
+    def on_step(step: int, logs: dict[str, float]) -> None:
+        if step % max(1, args.print_every) == 0 or step == args.total_iters:
+            logs = mean_over_ranks(logs, info, device)
+            if info.is_main:
+                log.info("step %d/%d: %s", step, args.total_iters,
+                         " ".join(f"{k}={v:.4f}" for k, v in sorted(logs.items())))
+                if wandb_run is not None:
+                    wandb_run.log(logs, step=step)
+        if not info.is_main:
+            return
+        if step % max(1, args.sample_every) == 0:
+            solver.nets_ema.eval()
+            write_samples(sample_dir, step, solver, optics, val_images, val_labels, args.num_domains,
+                          args.latent_dim, args.seed)
+        if args.eval_every > 0 and step % args.eval_every == 0:
+            nonlocal probe
+            probe = probe or FIDProbe(source, val)
+            fid = probe(solver)
+            log.info("step %d: FID %.2f (val reference-guided vs train)", step, fid)
+            if wandb_run is not None:
+                wandb_run.log({"val/fid": fid}, step=step)
+        if step % max(1, args.save_every) == 0 or step == args.total_iters:
+            save_stage2(ckpt_dir, solver, optics, step, saved_args)
+
+    run_steps(solver, data, args.resume_iter, args.total_iters, on_step, progress=info.is_main)
+    barrier(info)
+    if wandb_run is not None:
+        wandb_run.finish()
