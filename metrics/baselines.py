@@ -83,6 +83,6 @@ def parse_baselines(spec: str) -> dict[str, float]:
 def apply_baseline(name: str, image: np.ndarray, param: float | None = None) -> np.ndarray:
     """Apply baseline ``name`` ("lowres", "blur", "pixelate", optionally "name:param") to one image."""
     base = name.partition(":")[0]
-    if base not in BASELINES:
-        raise ValueError(f"unknown baseline {name!r} (choose {', '.join(BASELINES)})")
-    return BASELINES[base](image, DEFAULTS[base] if param is None else param)
+    if param is None:
+        param = parse_baselines(name)[name]
+    return BASELINES[base](image, param)

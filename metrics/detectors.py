@@ -128,10 +128,14 @@ class MTCNNDetector:
         min_face_size: smallest face searched for [px].
         thresholds: P/R/O-net score thresholds (facenet-pytorch defaults).
         batch_size: images per MTCNN call (bounds memory; the image pyramid is built per batch).
+        cpu_threads: torch intra-op threads while detecting on CPU (restored afterwards; None = leave as is).
+            MTCNN runs hundreds of tiny ops (one crop resize per candidate box); on a shared 2-core machine a
+            2-thread OpenMP region made each 70 px crop resize take 12 ms instead of 0.06 ms with 1 thread.
     """
 
     def __init__(self, device: str = "cpu", min_face_size: int = 20,
-                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), batch_size: int = 32) -> None:
+                 thresholds: Sequence[float] = (0.6, 0.7, 0.7), batch_size: int = 32,
+                 cpu_threads: int | None = 1) -> None:
         from data.compat import import_torchvision
 
         import_torchvision()
@@ -145,6 +149,7 @@ class MTCNNDetector:
                            keep_all=True, device=device)
         self.mtcnn.eval()
         self.num_landmarks = 5
+        self.cpu_threads = cpu_threads
 
     def detect(self, images: Sequence[np.ndarray]) -> list[Detection | None]:
         """Most confident face per image.
@@ -164,9 +169,21 @@ class MTCNNDetector:
             for start in range(0, len(indices), self.batch_size):
                 chunk = indices[start:start + self.batch_size]
                 batch = np.stack([arrays[i] for i in chunk]).astype(np.float32) * 255.0
-                for i, det in zip(chunk, self._detect_batch(batch)):
+                for i, det in zip(chunk, self._detect_threads(batch)):
                     out[i] = det
         return out
+
+    def _detect_threads(self, batch: np.ndarray) -> list[Detection | None]:
+        import torch
+
+        if self.cpu_threads is None or str(self.device).startswith("cuda"):
+            return self._detect_batch(batch)
+        before = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            return self._detect_batch(batch)
+        finally:
+            torch.set_num_threads(before)
 
     def _detect_batch(self, batch: np.ndarray) -> list[Detection | None]:
         """batch: (B, H, W, 3) float32 in [0, 255] (MTCNN's own input range, no uint8 rounding)."""

@@ -117,10 +117,12 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
     ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
     sample_dir = Path(args.sample_dir)
     train_dir, val_dir = image_dirs(args)
-    if not args.train_img_dir:
-        from data.datasets import find_domains
+    from data.datasets import find_domains
 
-        found = max(1, len(find_domains(train_dir)))
+    found = max(1, len(find_domains(train_dir)))
+    if args.num_domains is None:  # default: as many domains as the training folder has
+        args.num_domains = found
+    elif not args.train_img_dir:
         if found != args.num_domains:
             log.warning("embedded face set: %d domain(s), using --num_domains %d instead of %d", found, found,
                         args.num_domains)
