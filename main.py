@@ -22,6 +22,7 @@ MODES = {
     "sample": "sample",
     "eval": "evaluate",
     "demo": "demo",
+    "export": "export",
 }
 
 # options a mode cannot run without (checked after parsing, with a clear message)

@@ -31,7 +31,8 @@ class Lens(nn.Module):
         height_pixels: (M, M) free height map [m] on the aperture grid (only when config.height_map == "pixels";
             added to the Zernike height).
 
-    Buffers (per wavelength l, on each wavelength's pupil grid of N = config.num_pupil samples):
+    Buffers (not saved in the state_dict: all are functions of ``config``, rebuilt on construction, so a lens
+    checkpoint holds only the learnable height parameters; per wavelength l, on each wavelength's pupil grid of N = config.num_pupil samples):
         aperture (L, N, N) in [0, 1] (anti-aliased circle); r2 (L, N, N) [m^2]; basis (L, K, N, N);
         wavenumber (L,) [1/m];
         n_minus_1 (L,); defocus0 (L,) [1/m] = 1/d_o - 1/f(lambda) + 1/z at config.object_distance;
@@ -52,17 +53,18 @@ class Lens(nn.Module):
         focals = config.focal_lengths()
         r2 = psf_model.radius_squared_grid(n, pitches)
         a = config.aperture_radius
-        self.register_buffer("r2", r2.float())
-        self.register_buffer("aperture", psf_model.aperture_mask(n, pitches, a).float())
+        self.register_buffer("r2", r2.float(), persistent=False)
+        self.register_buffer("aperture", psf_model.aperture_mask(n, pitches, a).float(), persistent=False)
         # unclipped basis: the anti-aliased edge samples need the polynomial just outside rho = 1
         basis = [zernike_grid(self.indices, n, p, a, clip=False) for p in pitches]
-        self.register_buffer("basis", torch.stack(basis).float())
-        self.register_buffer("wavenumber", torch.tensor([2 * math.pi / w for w in config.wavelengths]))
+        self.register_buffer("basis", torch.stack(basis).float(), persistent=False)
+        self.register_buffer("wavenumber", torch.tensor([2 * math.pi / w for w in config.wavelengths]),
+                             persistent=False)
         self.register_buffer("n_minus_1", torch.tensor([refractive_index(config.material, w) - 1.0
-                                                        for w in config.wavelengths]))
-        self.register_buffer("inv_focal", torch.tensor([1.0 / f for f in focals]))
-        self.register_buffer("defocus0", self._defocus(config.object_distance))
-        self.register_buffer("response", config.response_matrix().float())
+                                                        for w in config.wavelengths]), persistent=False)
+        self.register_buffer("inv_focal", torch.tensor([1.0 / f for f in focals]), persistent=False)
+        self.register_buffer("defocus0", self._defocus(config.object_distance), persistent=False)
+        self.register_buffer("response", config.response_matrix().float(), persistent=False)
         init = torch.tensor([float(config.zernike.get(j, 0.0)) for j in self.indices])
         self.zernike_coeffs = nn.Parameter(init)
         if config.height_map == "pixels":
@@ -76,7 +78,7 @@ class Lens(nn.Module):
                 u = 2 * idx / (m - 1) - 1
                 gy, gx = torch.meshgrid(u, u, indexing="ij")
                 grids.append(torch.stack([gx, gy], dim=-1))
-            self.register_buffer("sample_grid", torch.stack(grids).float())
+            self.register_buffer("sample_grid", torch.stack(grids).float(), persistent=False)
         else:
             self.height_pixels = None
         self._L = L

@@ -37,7 +37,8 @@ def load_lens(spec: str, object_distance: float | None = None):
         data.update(overrides)
         lens = Lens(LensConfig.from_dict(data, source=str(spec)))
         try:
-            lens.load_state_dict(state["lens"])
+            wanted = lens.state_dict().keys()  # older checkpoints also hold config-derived buffers
+            lens.load_state_dict({k: v for k, v in state["lens"].items() if k in wanted})
         except RuntimeError as err:
             raise ValueError(f"{spec}: lens weights do not match its lens_config ({err})") from err
     else:

@@ -1,0 +1,60 @@
+"""``--mode export``: small release checkpoints for inference (what checkpoints/ in the repository holds).
+
+    python main.py --mode export --optics_checkpoint expr/optics_embedded/000800_optics.ckpt \
+        --checkpoint_dir expr/anonymizer_embedded --resume_iter 450 --out checkpoints
+
+Stage I: the lens parameters (config-derived buffers are rebuilt from ``lens_config``), the regressor and the
+metadata; Stage II: the EMA networks, the frozen capture PSF and regressor, and the metadata. Optimiser states,
+RNG states and the raw (non-EMA) training networks are dropped: release files resume no training, they only run.
+Both load with ``weights_only=True`` through the same functions as the full checkpoints.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from anonymizer.checkpoint import load_checkpoint, save_checkpoint
+from pipelines.common import SHIPPED_ANONYMIZER, SHIPPED_OPTICS
+
+log = logging.getLogger(__name__)
+
+OPTICS_DROP = ("optims", "rng", "history")
+ANONYMIZER_DROP = ("optims", "rng", "nets")
+
+
+def export_optics(src: str | Path, dst: str | Path) -> Path:
+    """Release copy of a Stage I checkpoint (lens parameters only, no optimiser / RNG state)."""
+    from anonymizer.stage1 import load_optics_checkpoint
+
+    state = load_checkpoint(src)
+    optic, _, _ = load_optics_checkpoint(src)  # validates, and gives the lens's own (parameter-only) state
+    out = {k: v for k, v in state.items() if k not in OPTICS_DROP and k != "version"}
+    if state.get("lens") is not None:
+        out["lens"] = {k: v.clone() for k, v in optic.state_dict().items()}
+    out["exported_from"] = str(src)
+    return save_checkpoint(dst, out)
+
+
+def export_anonymizer(src: str | Path, dst: str | Path, step: int | None = None) -> Path:
+    """Release copy of a Stage II checkpoint (EMA networks + frozen optics, no D / optimisers / RNG)."""
+    from anonymizer.sampling import load_anonymizer, resolve_stage2_checkpoint
+
+    path = resolve_stage2_checkpoint(src, step)
+    load_anonymizer(path)  # validates before anything is written
+    state = load_checkpoint(path)
+    out = {k: v for k, v in state.items() if k not in ANONYMIZER_DROP and k != "version"}
+    out["exported_from"] = str(path)
+    return save_checkpoint(dst, out)
+
+
+def run(args: argparse.Namespace) -> None:
+    out = Path(args.out or SHIPPED_OPTICS.parent)
+    if not args.optics_checkpoint and not args.checkpoint_dir:
+        raise ValueError("--mode export needs --optics_checkpoint and/or --checkpoint_dir")
+    if args.optics_checkpoint:
+        p = export_optics(args.optics_checkpoint, out / SHIPPED_OPTICS.name)
+        log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
+    if args.checkpoint_dir:
+        p = export_anonymizer(args.checkpoint_dir, out / SHIPPED_ANONYMIZER.name, args.resume_iter or None)
+        log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
