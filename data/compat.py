@@ -24,13 +24,7 @@ FALLBACK_ACTIVE = False
 
 def box_iou_matrix(boxes: torch.Tensor) -> torch.Tensor:
     """Pairwise IoU. boxes: (N, 4) as (x1, y1, x2, y2). Returns (N, N)."""
-    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
-    lt = torch.maximum(boxes[:, None, :2], boxes[None, :, :2])
-    rb = torch.minimum(boxes[:, None, 2:], boxes[None, :, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    union = area[:, None] + area[None, :] - inter
-    return inter / union.clamp(min=torch.finfo(boxes.dtype).tiny)
+    return box_iou_matrix_rows(boxes, boxes)
 
 
 def nms_reference(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:

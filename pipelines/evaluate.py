@@ -93,8 +93,11 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
-def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device: str = "cpu") -> dict[str, dict]:
+def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device: str = "cpu",
+                camera=None) -> dict[str, dict]:
     """Capture the originals through the camera and score the raw capture and each attack on it.
+
+    ``camera`` (default: built from --lens / --psf) is also the attacker's TRUE PSF.
 
     Returns:
         {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture).
@@ -105,7 +108,8 @@ def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device:
     from metrics import attacks as atk
     from pipelines.common import build_camera
 
-    camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance)
+    if camera is None:
+        camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance)
     gen = torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
     with torch.no_grad():
         psf = camera.psf().detach().cpu().numpy()
@@ -140,8 +144,7 @@ def run(args: argparse.Namespace) -> None:
     from metrics.report import markdown_table
 
     if args.gen_dir is None:
-        raise ValueError("--mode eval from a checkpoint (--checkpoint_dir / --optics_checkpoint) is not "
-                         "available yet: write the outputs with --mode sample, then pass --gen_dir and --real_dir")
+        return run_checkpoint(args)
     if args.real_dir is None:
         raise ValueError("--mode eval with --gen_dir needs --real_dir (the originals, paired by file name)")
     detectors = parse_list(args.detectors, DETECTORS, "detector")
@@ -177,3 +180,21 @@ def run(args: argparse.Namespace) -> None:
     save_text(out / "eval.md", f"# Evaluation: {args.gen_dir} vs {args.real_dir}\n\n{table}")
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'} ({len(names)} pairs, {len(skipped)} skipped)")
+
+
+def run_checkpoint(args: argparse.Namespace) -> None:
+    """The reference protocol on a Stage II checkpoint (see :mod:`pipelines.evaluate_checkpoint`)."""
+    from metrics.report import markdown_table
+    from pipelines.evaluate_checkpoint import run_protocol
+
+    if not args.checkpoint_dir:
+        raise ValueError("--mode eval needs --gen_dir and --real_dir, or --checkpoint_dir (a Stage II checkpoint)")
+    out = Path(args.out or args.eval_dir or "expr/eval")
+    methods, info = run_protocol(args)
+    result = dict(methods["anonymized"])
+    result.update({"methods": methods, "settings": info})
+    save_json(out / "eval.json", result)
+    table = markdown_table(methods)
+    save_text(out / "eval.md", f"# Evaluation of {info['checkpoint']} (step {info['step']})\n\n{table}")
+    print(table)
+    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")

@@ -10,20 +10,7 @@ from anonymizer import losses as L
 from anonymizer.heatmap import HeatmapRegressor
 from anonymizer.model import Discriminator, build_model
 from optics.camera import Camera
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gaussian_psf(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    r = torch.arange(size) - size // 2
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).expand(3, size, size).clone()
+from tests.anonymizer.conftest import gaussian_psf
 
 
 def frozen_optics(channels: int = 2) -> tuple[Camera, HeatmapRegressor]:

@@ -8,15 +8,6 @@ from anonymizer.model import Generator, HighPass, build_model, count_parameters,
 
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One intra-op thread: on the shared 2-core test machine this is ~5x faster than 2 contended threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 TINY = dict(base_dim=8, max_conv_dim=32, hidden_dim=32, style_dim=16, latent_dim=8)
 
 

@@ -15,23 +15,10 @@ from anonymizer.solver import Batch, Solver, StepData, TrainOptions, moving_aver
 from data.datasets import ReferenceDataset, SourceDataset
 from data.files import save_image
 from optics.camera import Camera
+from tests.anonymizer.conftest import gaussian_psf
 
 S = 64
 TINY = dict(img_size=S, base_dim=8, max_conv_dim=16, hidden_dim=16, style_dim=8, latent_dim=4)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-def gaussian_psf(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
-    r = torch.arange(size) - size // 2
-    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
-    return (g / g.sum()).expand(3, size, size).clone()
 
 
 def make_solver(seed: int = 0, num_domains: int = 2, noise: bool = True) -> tuple[Solver, FrozenOptics]:

@@ -1,0 +1,122 @@
+"""``--mode eval --checkpoint_dir DIR [--resume_iter K]``: the reference protocol on a trained anonymizer.
+
+For every target domain: each validation source of another domain (every source when the model has one domain)
+is anonymized with ``--num_outs_per_domain`` references drawn (seeded) from the target domain's training images.
+FID compares all outputs with the target domain's training images; FD/BB/LM and re-identification pair the
+outputs of the first reference with their sources (the clean gallery is every validation source). Numbers are
+averaged over domain pairs. The raw capture, the baselines and the attacks on the capture (with the checkpoint's
+own capture PSF, i.e. the true PSF) are scored in the same harness.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+
+def _average(results: list[dict]) -> dict:
+    """Mean of numeric leaves over per-domain-pair results (None where any pair lacks the value)."""
+    if len(results) == 1:
+        return results[0]
+    out: dict = {}
+    for key, value in results[0].items():
+        values = [r.get(key) for r in results]
+        if isinstance(value, dict):
+            out[key] = _average(values)
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = None if any(v is None for v in values) else float(np.mean(values))
+        else:
+            out[key] = value
+    return out
+
+
+def _images(dataset, indices) -> list[np.ndarray]:
+    return [dataset.load(i).permute(1, 2, 0).numpy().astype(np.float32) for i in indices]
+
+
+def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
+    """Returns (methods, info): methods = {"anonymized", "capture", baselines..., attacks...}."""
+    from anonymizer.sampling import anonymize, load_anonymizer
+    from data.datasets import SourceDataset
+    from metrics.baselines import apply_baseline, parse_baselines
+    from metrics.evaluate import DETECTORS, Evaluator, parse_list
+    from metrics.fid import InceptionFeatures, fid_from_features, reference_statistics
+    from pipelines.common import resolve_device
+    from pipelines.evaluate import ATTACKS, run_attacks
+
+    device = resolve_device(args.device)
+    nets_ema, camera, regressor, meta = load_anonymizer(args.checkpoint_dir, args.resume_iter or None,
+                                                        device=device, noise=not args.no_noise, psf_file=args.psf)
+    img_size = int(meta["model"]["img_size"])
+    num_domains = int(meta["model"]["num_domains"])
+    if args.train_img_dir and args.val_img_dir:
+        train_dir, val_dir = Path(args.train_img_dir), Path(args.val_img_dir)
+    elif args.train_img_dir or args.val_img_dir:
+        raise ValueError("--mode eval from a checkpoint needs both --train_img_dir and --val_img_dir (or neither: "
+                         "the embedded face set)")
+    else:
+        from pipelines.faces import default_face_dirs
+
+        train_dir, val_dir = default_face_dirs(img_size)
+    train = SourceDataset(train_dir, img_size, verify="header")
+    val = SourceDataset(val_dir, img_size, verify="header", domains=train.domains)
+    if len(train.domains) != num_domains:
+        raise ValueError(f"{train_dir}: {len(train.domains)} domain folder(s) {train.domains}, the model has "
+                         f"{num_domains} domain(s)")
+    detectors = parse_list(args.detectors, DETECTORS, "detector")
+    baselines = parse_baselines(args.baselines or "")
+    attacks = parse_list(args.attacks or "", ATTACKS, "attack")
+    k = max(1, int(args.num_outs_per_domain))
+    gen = torch.Generator().manual_seed(args.seed)
+    extractor = InceptionFeatures(args.fid_backend, args.fid_weights)
+    pair_results, capture_results = [], []
+    sources_all: list[int] = []
+    for trg in range(num_domains):
+        src_idx = [i for i, y in enumerate(val.targets) if num_domains == 1 or int(y) != trg]
+        if args.max_images:
+            src_idx = src_idx[:args.max_images]
+        trg_train = [i for i, y in enumerate(train.targets) if int(y) == trg]
+        if not src_idx or not trg_train:
+            raise ValueError(f"domain {train.domains[trg]}: no validation sources or no training references")
+        refs = [trg_train[int(j)] for j in torch.randperm(len(trg_train), generator=gen)[:k]]
+        sources = _images(val, src_idx)
+        names = [Path(val.files[i]).name for i in src_idx]
+        x = torch.from_numpy(np.stack(sources).transpose(0, 3, 1, 2)).to(device)
+        r = torch.from_numpy(np.stack(_images(train, refs)).transpose(0, 3, 1, 2)).to(device)
+        torch.manual_seed(args.seed)
+        res = anonymize(nets_ema, camera, regressor, x, r, domains=trg)
+        outputs = res.outputs.cpu().numpy().transpose(0, 1, 3, 4, 2)  # (B, K, S, S, 3)
+        captures = list(res.capture.cpu().numpy().transpose(0, 2, 3, 1))
+        stats_cache = Path(args.fid_stats) if args.fid_stats else None
+        if stats_cache is not None and num_domains > 1:
+            stats_cache = stats_cache.with_name(f"{stats_cache.stem}_{train.domains[trg]}.npz")
+        mu, sigma = reference_statistics(_images(train, trg_train), extractor, stats_cache)
+        evaluator = Evaluator(sources, names, detectors=detectors, fid=False, device="cpu")
+        result = evaluator.evaluate(list(outputs[:, 0]))
+        result["fid"] = fid_from_features(extractor.features(list(outputs.reshape(-1, *outputs.shape[2:]))),
+                                          mu, sigma)
+        pair_results.append(result)
+        capture_results.append(evaluator.evaluate(captures))
+        sources_all.extend(src_idx)
+        log.info("target %s: %d sources x %d references, FID %.2f", train.domains[trg], len(src_idx), k,
+                 result["fid"])
+    methods = {"anonymized": _average(pair_results), "capture": _average(capture_results)}
+    if baselines or attacks:
+        unique = sorted(set(sources_all))
+        originals = _images(val, unique)
+        evaluator = Evaluator(originals, [Path(val.files[i]).name for i in unique], detectors=detectors,
+                              fid=False, device="cpu")
+        for name, param in baselines.items():
+            methods[name] = evaluator.evaluate([apply_baseline(name, im, param) for im in originals])
+        if attacks:
+            attacked = run_attacks(args, evaluator, attacks, str(device), camera=camera)
+            attacked.pop("capture", None)
+            methods.update(attacked)
+    info = {"checkpoint": meta["path"], "step": meta["step"], "img_size": img_size, "domains": train.domains,
+            "num_outs_per_domain": k, "train_img_dir": str(train_dir), "val_img_dir": str(val_dir)}
+    return methods, info
