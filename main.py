@@ -167,13 +167,21 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--inverter_iters", type=int, default=500, help="training steps of the learned-inverter attack")
 
 
+def _add_export(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("export (release checkpoints from --optics_checkpoint / --checkpoint_dir)")
+    g.add_argument("--export_weights", default="ema", choices=["ema", "raw"],
+                   help="Stage II networks to ship: the EMA copies (full runs) or the raw training networks "
+                        "(short runs, where the EMA is still mostly its initialisation)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
         description="Privacy-preserving optics for face de-identification",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval):
+    for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval,
+                _add_export):
         add(parser)
     return parser
 

@@ -1,7 +1,7 @@
 """``--mode export``: small release checkpoints for inference (what checkpoints/ in the repository holds).
 
     python main.py --mode export --optics_checkpoint expr/optics_embedded/000800_optics.ckpt \
-        --checkpoint_dir expr/anonymizer_embedded --resume_iter 450 --out checkpoints
+        --checkpoint_dir expr/anonymizer_embedded --resume_iter 450 --export_weights raw --out checkpoints
 
 Stage I: the lens parameters (config-derived buffers are rebuilt from ``lens_config``), the regressor and the
 metadata; Stage II: the EMA networks, the frozen capture PSF and regressor, and the metadata. Optimiser states,
@@ -36,15 +36,26 @@ def export_optics(src: str | Path, dst: str | Path) -> Path:
     return save_checkpoint(dst, out)
 
 
-def export_anonymizer(src: str | Path, dst: str | Path, step: int | None = None) -> Path:
-    """Release copy of a Stage II checkpoint (EMA networks + frozen optics, no D / optimisers / RNG)."""
+def export_anonymizer(src: str | Path, dst: str | Path, step: int | None = None, weights: str = "ema") -> Path:
+    """Release copy of a Stage II checkpoint (generator networks + frozen optics, no D / optimisers / RNG).
+
+    Args:
+        weights: "ema" (the EMA networks, right for a full run) or "raw" (the training networks). After s steps
+            an EMA with beta 0.999 still holds beta**s of its random initialisation (58 % after 550 steps), so a
+            short run must ship its raw networks; the choice is recorded as ``exported_weights``.
+    """
+    if weights not in ("ema", "raw"):
+        raise ValueError(f"--export_weights must be 'ema' or 'raw', got {weights!r}")
     from anonymizer.sampling import load_anonymizer, resolve_stage2_checkpoint
 
     path = resolve_stage2_checkpoint(src, step)
     load_anonymizer(path)  # validates before anything is written
     state = load_checkpoint(path)
     out = {k: v for k, v in state.items() if k not in ANONYMIZER_DROP and k != "version"}
+    if weights == "raw":
+        out["nets_ema"] = {k: v for k, v in state["nets"].items() if k in state["nets_ema"]}
     out["exported_from"] = str(path)
+    out["exported_weights"] = weights
     return save_checkpoint(dst, out)
 
 
@@ -56,5 +67,6 @@ def run(args: argparse.Namespace) -> None:
         p = export_optics(args.optics_checkpoint, out / SHIPPED_OPTICS.name)
         log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
     if args.checkpoint_dir:
-        p = export_anonymizer(args.checkpoint_dir, out / SHIPPED_ANONYMIZER.name, args.resume_iter or None)
+        p = export_anonymizer(args.checkpoint_dir, out / SHIPPED_ANONYMIZER.name, args.resume_iter or None,
+                              args.export_weights)
         log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
