@@ -24,6 +24,9 @@ def atomic_write(path: str | os.PathLike, writer: Callable[[io.BufferedWriter], 
             writer(fh)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp creates 0600; outputs get the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
