@@ -128,7 +128,8 @@ class StepData:
                 raise ValueError(f"{name} dataset has {len(ds)} images, fewer than one batch "
                                  f"({batch_size} x {self.info.world_size} processes)")
         kw = dict(num_replicas=self.info.world_size, rank=self.info.rank, shuffle=True, drop_last=True)
-        self.samplers = (DistributedSampler(source, seed=seed, **kw), DistributedSampler(reference, seed=seed + 1, **kw))
+        self.samplers = (DistributedSampler(source, seed=seed, **kw),
+                         DistributedSampler(reference, seed=seed + 1, **kw))
         self._epoch_cache: list[tuple[int, list[int]] | None] = [None, None]
 
     def _indices(self, which: int, step: int) -> list[int]:

@@ -13,9 +13,10 @@ Frozen optics (camera + heatmap regressor), in order of preference:
      (``--teacher``) on the clean training faces as heatmap targets, ``REGRESSOR_WARMUP_ITERS`` steps, written to
      ``<checkpoint_dir>/optics`` (reused when it is already there).
 
-Without image folders the embedded face set is used (one domain: pass ``--num_domains 1``; a mismatch is an
-error). Checkpoints ``<checkpoint_dir>/<step:06d>_nets.ckpt`` (default expr/checkpoints, format in
-anonymizer/sampling.py), sample grids ``<sample_dir>/<step:06d>_{latent,reference}.png``.
+``--num_domains`` defaults to the number of domain folders of the training set (a flat folder is one domain);
+without image folders the embedded face set (one domain) is used. Checkpoints
+``<checkpoint_dir>/<step:06d>_nets.ckpt`` (default expr/checkpoints, format in anonymizer/sampling.py), sample
+grids ``<sample_dir>/<step:06d>_{latent,reference}.png``.
 """
 from __future__ import annotations
 
