@@ -411,9 +411,7 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
         quant = state.get("quantize")
         optic: Lens | torch.Tensor = (QuantizedLens(config, quant["levels"], (quant["h_min"], quant["h_max"]))
                                       if quant else Lens(config))
-        # older checkpoints also stored the lens's config-derived buffers: keep only what the lens saves
-        wanted = optic.state_dict().keys()
-        optic.load_state_dict({k: v for k, v in state["lens"].items() if k in wanted})
+        optic.load_state_dict(state["lens"])
         optic.requires_grad_(False).eval()
     elif state.get("psf") is not None:
         optic = state["psf"].float()

@@ -52,6 +52,11 @@ def time_torch(fn, image, psf, repeats, device, warmup=True):
         out.backward(torch.ones_like(out))
         if device.type == "cuda":
             torch.cuda.synchronize()
+    return median_time(once, repeats, warmup)
+
+
+def median_time(once, repeats: int, warmup: bool = True) -> float:
+    """Median wall time [s] of ``once()`` over ``repeats`` calls (after one untimed warm-up call)."""
     if warmup:
         once()
     times = []
@@ -68,13 +73,7 @@ def time_scipy(image, psf, repeats):
 
     def once():
         return scipy.signal.fftconvolve(img, k[None], mode="same", axes=(-2, -1))
-    once()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        once()
-        times.append(time.perf_counter() - t)
-    return float(np.median(times))
+    return median_time(once, repeats)
 
 
 def main() -> None:

@@ -16,7 +16,7 @@ import importlib.util
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -120,6 +120,16 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray((np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8))
 
 
+def same_size_batches(arrays: Sequence[np.ndarray], batch_size: int) -> Iterator[list[int]]:
+    """Indices of ``arrays`` in chunks of at most ``batch_size`` images that share one (H, W) (stackable)."""
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, arr in enumerate(arrays):
+        groups.setdefault(arr.shape[:2], []).append(i)
+    for indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield indices[start:start + batch_size]
+
+
 class MTCNNDetector:
     """MTCNN from facenet-pytorch, batched over images of equal size.
 
@@ -162,15 +172,10 @@ class MTCNNDetector:
         """
         arrays = [check_image(im, i) for i, im in enumerate(images)]
         out: list[Detection | None] = [None] * len(arrays)
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, arr in enumerate(arrays):
-            groups.setdefault(arr.shape[:2], []).append(i)
-        for indices in groups.values():
-            for start in range(0, len(indices), self.batch_size):
-                chunk = indices[start:start + self.batch_size]
-                batch = np.stack([arrays[i] for i in chunk]).astype(np.float32) * 255.0
-                for i, det in zip(chunk, self._detect_threads(batch)):
-                    out[i] = det
+        for chunk in same_size_batches(arrays, self.batch_size):
+            batch = np.stack([arrays[i] for i in chunk]).astype(np.float32) * 255.0
+            for i, det in zip(chunk, self._detect_threads(batch)):
+                out[i] = det
         return out
 
     def _detect_threads(self, batch: np.ndarray) -> list[Detection | None]:
@@ -246,17 +251,12 @@ class DlibDetector:
             found = [self._hog(a) for a in arrays]
         else:
             found = [None] * len(arrays)
-            groups: dict[tuple[int, int], list[int]] = {}
-            for i, a in enumerate(arrays):
-                groups.setdefault(a.shape[:2], []).append(i)
-            for indices in groups.values():
-                for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start:start + self.batch_size]
-                    dets = self._detector([arrays[i] for i in chunk], self.upsample, batch_size=len(chunk))
-                    for i, d in zip(chunk, dets):
-                        if len(d):
-                            best = max(d, key=lambda m: m.confidence)
-                            found[i] = (best.rect, float(best.confidence))
+            for chunk in same_size_batches(arrays, self.batch_size):
+                dets = self._detector([arrays[i] for i in chunk], self.upsample, batch_size=len(chunk))
+                for i, d in zip(chunk, dets):
+                    if len(d):
+                        best = max(d, key=lambda m: m.confidence)
+                        found[i] = (best.rect, float(best.confidence))
         out: list[Detection | None] = []
         for arr, hit in zip(arrays, found):
             if hit is None:

@@ -43,6 +43,13 @@ class Lens(nn.Module):
     hardware fit) of the PSF is neglected.
     """
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before the config-derived buffers became non-persistent still hold them; they are
+        # rebuilt from the config, so drop them instead of reporting unexpected keys.
+        for name in self._non_persistent_buffers_set:
+            state_dict.pop(prefix + name, None)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def __init__(self, config: LensConfig):
         super().__init__()
         config.validate()

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from data.files import save_figure, save_json, save_text
 from pipelines.common import SHIPPED_ANONYMIZER, resolve_device, seed_everything
+from pipelines.simulate import psf_figure
 
 log = logging.getLogger(__name__)
 
@@ -129,28 +130,6 @@ def demo_figure(sources: list[np.ndarray], captures: list[np.ndarray], heatmaps:
     return fig
 
 
-def psf_figure(psf: np.ndarray):
-    """PSF per channel, linear and log, of the demo camera. psf: (C, H, W) summing to 1 per channel."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    c = psf.shape[0]
-    names = ["R", "G", "B"] if c == 3 else [f"ch{i}" for i in range(c)]
-    fig, axes = plt.subplots(2, c, figsize=(3.2 * c, 6.2), squeeze=False)
-    for i in range(c):
-        axes[0, i].imshow(psf[i], cmap="inferno")
-        axes[0, i].set_title(f"{names[i]} (linear)")
-        axes[1, i].imshow(np.log10(psf[i] + 1e-8), cmap="inferno", vmin=-8)
-        axes[1, i].set_title(f"{names[i]} (log10)")
-        for ax in axes[:, i]:
-            ax.axis("off")
-    fig.suptitle("capture PSF of the shipped privacy camera")
-    fig.tight_layout()
-    return fig
-
-
 def check_ranges(methods: dict[str, dict]) -> list[str]:
     """Problems with the metrics (non-finite values or values outside :data:`RANGES`); empty when healthy."""
     problems = []
@@ -201,7 +180,8 @@ def run(args: argparse.Namespace) -> None:
     save_figure(out / "demo.png", demo_figure(sources[:NUM_SHOWN], captures[:NUM_SHOWN], heatmaps[:NUM_SHOWN],
                                               outputs[:NUM_SHOWN], refs))
     psf = camera.psf().detach().float().cpu().numpy()
-    save_figure(out / "psf.png", psf_figure(psf))
+    labels = ["R", "G", "B"] if psf.shape[0] == 3 else [f"ch{i}" for i in range(psf.shape[0])]
+    save_figure(out / "psf.png", psf_figure(psf, labels, "capture PSF of the shipped privacy camera"))
     advance("figures")
 
     evaluator = Evaluator(sources, names, detectors=("mtcnn", "dlib"), fid=False, device="cpu")

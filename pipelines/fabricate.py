@@ -37,8 +37,7 @@ def load_lens(spec: str, object_distance: float | None = None):
         data.update(overrides)
         lens = Lens(LensConfig.from_dict(data, source=str(spec)))
         try:
-            wanted = lens.state_dict().keys()  # older checkpoints also hold config-derived buffers
-            lens.load_state_dict({k: v for k, v in state["lens"].items() if k in wanted})
+            lens.load_state_dict(state["lens"])
         except RuntimeError as err:
             raise ValueError(f"{spec}: lens weights do not match its lens_config ({err})") from err
     else:

@@ -49,7 +49,8 @@ def psf_summary(psf: np.ndarray, pixel_pitch: float | None, reference: np.ndarra
     return rows
 
 
-def _psf_figure(psf: np.ndarray, labels: list[str]):
+def psf_figure(psf: np.ndarray, labels: list[str], title: str | None = None):
+    """PSF per channel, linear and log10. psf: (C, H, W); labels: C channel names."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -64,6 +65,8 @@ def _psf_figure(psf: np.ndarray, labels: list[str]):
         for ax in axes[:, i]:
             ax.set_xticks([])
             ax.set_yticks([])
+    if title:
+        fig.suptitle(title)
     fig.tight_layout()
     return fig
 
@@ -136,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
     summary["channels"] = psf_summary(psf, pitch, reference)
 
     save_npy(out / "psf.npy", psf.astype(np.float32))
-    save_figure(out / "psf.png", _psf_figure(psf, labels))
+    save_figure(out / "psf.png", psf_figure(psf, labels))
     save_figure(out / "mtf.png", _mtf_figure(psf, labels, pitch))
 
     if args.images:

@@ -38,3 +38,22 @@ def test_export_optics_round_trip(tmp_path):
     assert torch.equal(a.psf(), b.psf())
     x = torch.rand(1, 3, 64, 64)
     assert torch.equal(ra(x), rb(x))
+
+
+def test_lens_loads_legacy_state_with_config_derived_buffers():
+    """Checkpoints written before the buffers became non-persistent hold them too: strict loading still works."""
+    cfg = load_lens_config("face-deid", psf_size=128)
+    lens = Lens(cfg)
+    with torch.no_grad():
+        lens.zernike_coeffs.fill_(5e-8)
+    legacy = {**lens.state_dict(), "basis": lens.basis.clone(), "aperture": lens.aperture.clone()}
+    other = Lens(cfg)
+    other.load_state_dict(legacy)  # strict: unexpected keys would raise
+    assert torch.equal(other.zernike_coeffs, lens.zernike_coeffs)
+    bogus = {**lens.state_dict(), "not_a_buffer": torch.zeros(1)}
+    try:
+        other.load_state_dict(bogus)
+    except RuntimeError as err:
+        assert "not_a_buffer" in str(err)
+    else:
+        raise AssertionError("an unknown key must still be rejected")
