@@ -156,7 +156,9 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--gen_dir", default=None, help="folder of generated / protected images")
     g.add_argument("--real_dir", default=None, help="folder of the originals (paired by file name)")
     g.add_argument("--baselines", default="", help="comma list of lowres,blur,pixelate")
-    g.add_argument("--attacks", default="", help="comma list of wiener,rl,inverter (need a PSF)")
+    g.add_argument("--attacks", default="",
+                   help="comma list of wiener,rl,inverter (attacks on the capture with the true PSF) and "
+                        "attribute (a classifier of the source domain; checkpoint protocol only)")
     g.add_argument("--detectors", default="mtcnn,dlib", help="comma list of mtcnn,dlib")
     g.add_argument("--fid_stats", default=None, help="cached reference statistics (.npz), made if missing")
     g.add_argument("--max_images", type=int, default=None, help="use at most this many images per set")
@@ -165,6 +167,7 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fid_weights", default=None,
                    help="pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth; download.sh fid-weights)")
     g.add_argument("--inverter_iters", type=int, default=500, help="training steps of the learned-inverter attack")
+    g.add_argument("--attribute_iters", type=int, default=300, help="training steps of the attribute attack")
 
 
 def _add_export(parser: argparse.ArgumentParser) -> None:

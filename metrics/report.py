@@ -15,12 +15,14 @@ def _num(value: Any, digits: int = 2, percent: bool = False) -> str:
     return f"{100 * value:.1f}%" if percent else f"{value:.{digits}f}"
 
 
-def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None) -> str:
+def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None,
+                   attribute_info: dict | None = None) -> str:
     """Markdown table of per-method results (see :mod:`metrics.evaluate` for the result layout).
 
     Args:
         methods: {method name: result dict}.
         detectors: detector keys to show (default: those present in the first result).
+        attribute_info: ``{"chance", "clean_accuracy", ...}`` of the attribute attack, printed in the legend.
 
     Returns:
         the table with a legend, as Markdown text.
@@ -35,6 +37,9 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None)
         t = DETECTOR_TITLES[d]
         head += [f"FD {t} ↑", f"BB {t} [px] ↓", f"IoU {t} ↑", f"LM {t} [px] ↓", f"NME {t} ↓"]
     head += ["Re-ID rank-1 ↓", "Emb. dist. ↑", "TAR@FAR ↓"]
+    attribute = any(r.get("attribute_accuracy") is not None for r in methods.values())
+    if attribute:
+        head.append("Attr. acc. ↓")
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|"]
     for name, r in methods.items():
         row = [name, str(r.get("num_images", "–")), _num(r.get("fid"))]
@@ -44,6 +49,8 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None)
                     _num(g.get("bbox_iou"), 3), _num(g.get("landmarks_px")), _num(g.get("landmarks_nme"), 3)]
         row += [_num(r.get("reid_rank1"), percent=True), _num(r.get("reid_mean_distance"), 3),
                 _num(r.get("reid_tar_at_far"), percent=True)]
+        if attribute:
+            row.append(_num(r.get("attribute_accuracy"), percent=True))
         lines.append("| " + " | ".join(row) + " |")
     misses = []
     for name, r in methods.items():
@@ -62,6 +69,13 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None)
         "mean embedding distance to the own original (dlib's same-person threshold is 0.6). TAR@FAR: at "
         "FAR 1e-3 over all image x original pairs (– when there are < 1000 impostor pairs).",
     ]
+    if attribute:
+        info = attribute_info or {}
+        level = "".join(f"; {title} {_num(info[key], percent=True)}" for key, title in
+                        (("chance", "chance (majority class)"), ("clean_accuracy", "on the clean originals"))
+                        if info.get(key) is not None) + "."
+        legend.append("Attr. acc.: test accuracy of a CNN trained on half of the protected images to predict "
+                      "the source's domain (attribute attack)" + level)
     if misses:
         legend.append("Pairs with a detector miss (left out of BB/LM): " + "; ".join(misses) + ".")
     return "\n".join(lines + legend) + "\n"

@@ -27,7 +27,7 @@ from data.images import ImageReadError, list_images, read_image
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("wiener", "rl", "inverter")
+ATTACKS = ("wiener", "rl", "inverter", "attribute")
 
 
 def pair_folders(gen_dir: str | Path, real_dir: str | Path, max_images: int | None = None
@@ -150,6 +150,9 @@ def run(args: argparse.Namespace) -> None:
     detectors = parse_list(args.detectors, DETECTORS, "detector")
     baselines = parse_baselines(args.baselines or "")
     attacks = parse_list(getattr(args, "attacks", "") or "", ATTACKS, "attack")
+    if "attribute" in attacks:
+        raise ValueError("--attacks attribute needs domain labels: run it with --checkpoint_dir (the reference "
+                         "protocol, whose --val_img_dir has one folder per domain), not on two folders")
     out = Path(args.out or getattr(args, "eval_dir", None) or "expr/eval")
     device = _device(getattr(args, "device", "cpu"))
 
@@ -194,7 +197,7 @@ def run_checkpoint(args: argparse.Namespace) -> None:
     result = dict(methods["anonymized"])
     result.update({"methods": methods, "settings": info})
     save_json(out / "eval.json", result)
-    table = markdown_table(methods)
+    table = markdown_table(methods, attribute_info=info.get("attribute"))
     save_text(out / "eval.md", f"# Evaluation of {info['checkpoint']} (step {info['step']})\n\n{table}")
     print(table)
     print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")

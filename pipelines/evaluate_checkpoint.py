@@ -6,6 +6,12 @@ FID compares all outputs with the target domain's training images; FD/BB/LM and 
 outputs of the first reference with their sources (the clean gallery is every validation source). Numbers are
 averaged over domain pairs. The raw capture, the baselines and the attacks on the capture (with the checkpoint's
 own capture PSF, i.e. the true PSF) are scored in the same harness.
+
+``attribute`` in ``--attacks`` (models with >= 2 domains) is the attribute attack: for every method (clean
+originals, anonymized outputs of the first reference, capture, baselines) a small CNN learns each image's
+SOURCE domain (e.g. gender) from the protected images of half of the validation sources (every other source
+in file order) and is scored on the other half. ``attribute_accuracy`` is stored per method and
+``settings.attribute`` holds the chance level (majority rate of the test labels) and the split sizes.
 """
 from __future__ import annotations
 
@@ -20,7 +26,8 @@ log = logging.getLogger(__name__)
 
 
 def _average(results: list[dict]) -> dict:
-    """Mean of numeric leaves over per-domain-pair results (None where any pair lacks the value)."""
+    """Per-domain-pair results combined: counts (int leaves) are summed, rates / distances (float leaves)
+    averaged (None where any pair lacks the value)."""
     if len(results) == 1:
         return results[0]
     out: dict = {}
@@ -28,15 +35,51 @@ def _average(results: list[dict]) -> dict:
         values = [r.get(key) for r in results]
         if isinstance(value, dict):
             out[key] = _average(values)
-        elif isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[key] = None if any(v is None for v in values) else float(np.mean(values))
-        else:
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
             out[key] = value
+        elif any(v is None for v in values):
+            out[key] = None
+        elif all(isinstance(v, int) for v in values):
+            out[key] = int(sum(values))
+        else:
+            out[key] = float(np.mean(values))
     return out
 
 
 def _images(dataset, indices) -> list[np.ndarray]:
     return [dataset.load(i).permute(1, 2, 0).numpy().astype(np.float32) for i in indices]
+
+
+def attribute_rows(protected: dict[str, dict[int, np.ndarray]], labels: dict[int, int], iters: int,
+                   seed: int = 0) -> tuple[dict[str, float], dict]:
+    """The attribute attack on every method's protected images (see the module docstring).
+
+    Args:
+        protected: {method: {source index: protected image}}.
+        labels: {source index: source domain}.
+
+    Returns:
+        ({method: test accuracy}, {"chance", "num_train", "num_test", "iters"}).
+
+    Raises:
+        ValueError: fewer than 4 sources or a single domain in the training half.
+    """
+    from metrics.attacks import attribute_attack, majority_rate
+
+    order = sorted(labels)
+    train, test = order[0::2], order[1::2]
+    if len(test) < 2 or len({labels[i] for i in train}) < 2:
+        raise ValueError(f"the attribute attack needs >= 4 validation sources from >= 2 domains "
+                         f"(got {len(order)} sources, training half labels {sorted({labels[i] for i in train})})")
+    accuracy = {}
+    for method, images in protected.items():
+        log.info("attribute attack on %s (%d train / %d test)", method, len(train), len(test))
+        accuracy[method] = attribute_attack([images[i] for i in train], [labels[i] for i in train],
+                                            [images[i] for i in test], [labels[i] for i in test],
+                                            iters=iters, seed=seed)
+    info = {"chance": majority_rate([labels[i] for i in test]), "num_train": len(train), "num_test": len(test),
+            "iters": iters}
+    return accuracy, info
 
 
 def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
@@ -71,6 +114,12 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
     detectors = parse_list(args.detectors, DETECTORS, "detector")
     baselines = parse_baselines(args.baselines or "")
     attacks = parse_list(args.attacks or "", ATTACKS, "attack")
+    attribute = "attribute" in attacks
+    attacks = [a for a in attacks if a != "attribute"]
+    if attribute and num_domains < 2:
+        raise ValueError(f"{meta['path']}: the attribute attack needs domain labels, this model has one domain "
+                         f"({train.domains[0]})")
+    protected: dict[str, dict[int, np.ndarray]] = {"anonymized": {}, "capture": {}}
     k = max(1, int(args.num_outs_per_domain))
     gen = torch.Generator().manual_seed(args.seed)
     extractor = InceptionFeatures(args.fid_backend, args.fid_weights)
@@ -103,20 +152,34 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
         pair_results.append(result)
         capture_results.append(evaluator.evaluate(captures))
         sources_all.extend(src_idx)
+        for j, i in enumerate(src_idx):
+            protected["anonymized"].setdefault(i, outputs[j, 0])
+            protected["capture"].setdefault(i, captures[j])
         log.info("target %s: %d sources x %d references, FID %.2f", train.domains[trg], len(src_idx), k,
                  result["fid"])
     methods = {"anonymized": _average(pair_results), "capture": _average(capture_results)}
+    unique = sorted(set(sources_all))
+    originals = _images(val, unique) if baselines or attacks or attribute else []
+    protected["clean"] = dict(zip(unique, originals))
     if baselines or attacks:
-        unique = sorted(set(sources_all))
-        originals = _images(val, unique)
         evaluator = Evaluator(originals, [Path(val.files[i]).name for i in unique], detectors=detectors,
                               fid=False, device="cpu")
         for name, param in baselines.items():
-            methods[name] = evaluator.evaluate([apply_baseline(name, im, param) for im in originals])
+            images = [apply_baseline(name, im, param) for im in originals]
+            methods[name] = evaluator.evaluate(images)
+            protected[name] = dict(zip(unique, images))
         if attacks:
             attacked = run_attacks(args, evaluator, attacks, str(device), camera=camera)
             attacked.pop("capture", None)
             methods.update(attacked)
-    info = {"checkpoint": meta["path"], "step": meta["step"], "img_size": img_size, "domains": train.domains,
+    attribute_info = None
+    if attribute:
+        accuracy, attribute_info = attribute_rows(protected, {i: int(val.targets[i]) for i in unique},
+                                                  iters=int(getattr(args, "attribute_iters", 300)), seed=args.seed)
+        attribute_info["clean_accuracy"] = accuracy.pop("clean")
+        for name, acc in accuracy.items():
+            methods[name]["attribute_accuracy"] = acc
+    info = {"attribute": attribute_info, "checkpoint": meta["path"], "step": meta["step"], "img_size": img_size,
+            "domains": train.domains,
             "num_outs_per_domain": k, "train_img_dir": str(train_dir), "val_img_dir": str(val_dir)}
     return methods, info
