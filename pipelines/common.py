@@ -37,7 +37,7 @@ def is_checkpoint_file(path: str | Path) -> bool:
 
 
 def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = True,
-                 object_distance: float | None = None):
+                 object_distance: float | None = None, img_size: int | None = None):
     """The camera of every mode that images faces.
 
     Args:
@@ -45,6 +45,9 @@ def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = 
         psf: calibrated PSF file ((C, H, W) .npy / .npz); when given it replaces the lens entirely.
         noise: sensor noise on.
         object_distance: override of the lens file's object distance [m].
+        img_size: side [px] of the face crops this camera images. Below the reference sensor side (256) the
+            PSF is sum-binned to that grid (``anonymizer.stage1_losses.capture_psf``), as in training, so the
+            blur covers the same fraction of the face; None images at the sensor pitch (``--mode simulate``).
 
     Returns:
         optics.camera.Camera with every parameter frozen (requires_grad False).
@@ -67,6 +70,12 @@ def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = 
         overrides = {} if object_distance is None else {"object_distance": object_distance}
         optic = Lens(load_lens_config(lens, **overrides))
         log.info("camera: lens %s", lens)
+    if img_size is not None:
+        from anonymizer.stage1_losses import capture_psf, psf_binning
+
+        if psf_binning(img_size) > 1:
+            optic = capture_psf(Camera(optic).psf().detach().float(), img_size)
+            log.info("camera: PSF binned x%d to the %d px image grid", psf_binning(img_size), img_size)
     camera = Camera(optic, noise=noise)
     camera.requires_grad_(False)
     return camera

@@ -93,6 +93,22 @@ def _device(name: str) -> str:
     return str(resolve_device(name))
 
 
+def attack_camera(args: argparse.Namespace, originals: list[np.ndarray]):
+    """The camera (--lens / --psf) that captures the originals for the attacks, its PSF binned to their size.
+
+    Raises:
+        ValueError: originals of several sizes, or a side below 256 px that does not divide 256.
+    """
+    from pipelines.common import build_camera
+
+    shapes = sorted({im.shape[:2] for im in originals})
+    if len(shapes) != 1:
+        raise ValueError(f"the attacks capture the originals through one camera: they must share one size, got "
+                         f"{', '.join(f'{w}x{h}' for h, w in shapes)}")
+    return build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance,
+                        img_size=max(shapes[0]))
+
+
 def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device: str = "cpu",
                 camera=None) -> dict[str, dict]:
     """Capture the originals through the camera and score the raw capture and each attack on it.
@@ -106,10 +122,8 @@ def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device:
 
     from data.images import to_numpy, to_tensor
     from metrics import attacks as atk
-    from pipelines.common import build_camera
-
     if camera is None:
-        camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance)
+        camera = attack_camera(args, evaluator.originals)
     gen = torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
     with torch.no_grad():
         psf = camera.psf().detach().cpu().numpy()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import torch
 import pytest
 from scipy.ndimage import gaussian_filter
 
@@ -69,3 +70,28 @@ def test_bad_folders(tmp_path, folders):
                       "--out", str(tmp_path / "o")]) == 2
     assert main.main(["--mode", "eval", "--gen_dir", str(folders / "gen"), "--real_dir", str(folders / "real"),
                       "--out", str(tmp_path / "o"), "--baselines", "sepia"]) == 2
+
+
+def _rms_radius(psf) -> float:
+    """RMS radius [px] of the green channel about its centroid."""
+    p = psf[1].double()
+    y, x = np.indices(p.shape)
+    y, x = (torch.as_tensor(v, dtype=torch.float64) for v in (y, x))
+    cy, cx = (p * y).sum(), (p * x).sum()
+    return float(torch.sqrt((p * ((y - cy) ** 2 + (x - cx) ** 2)).sum()))
+
+
+def test_attack_camera_bins_the_psf_to_the_image_grid():
+    """A 128 px face crop is the 256 px sensor read out with 2x2 binned pixels: the blur's RMS radius in pixels
+    halves (bin quantisation adds only ~1/8 px^2 to a ~30 px radius), and each channel still sums to 1."""
+    from pipelines.evaluate import attack_camera
+
+    args = main.build_parser().parse_args(["--mode", "eval", "--lens", "face-deid", "--no_noise"])
+    full = attack_camera(args, [np.zeros((256, 256, 3), np.float32)]).psf().detach()
+    half = attack_camera(args, [np.zeros((128, 128, 3), np.float32)]).psf().detach()
+    assert _rms_radius(half) / _rms_radius(full) == pytest.approx(0.5, rel=0.02)
+    torch.testing.assert_close(half.sum(dim=(1, 2)), torch.ones(3, dtype=half.dtype))
+    with pytest.raises(ValueError, match="share one size"):
+        attack_camera(args, [np.zeros((128, 128, 3), np.float32), np.zeros((64, 64, 3), np.float32)])
+    with pytest.raises(ValueError, match="must divide 256"):
+        attack_camera(args, [np.zeros((100, 100, 3), np.float32)])
