@@ -144,9 +144,9 @@ def detect_faces(imgs: torch.Tensor, pnet: torch.nn.Module, rnet: torch.nn.Modul
     boxes = rerec(torch.cat([boxes[:, :4] + boxes[:, 5:9] * side, boxes[:, 4:5]], dim=1))
     points = torch.zeros(0, 5, 2, device=device)
 
-    table = integral_image(batch) if len(boxes) else None
-    # stage 2: R-net on 24 x 24 crops
+    # stage 2: R-net on 24 x 24 crops (the integral image serves stages 2 and 3; stage 3 runs only after 2)
     if len(boxes):
+        table = integral_image(batch)
         crops, keep = _crops(table, boxes, inds, w, h, 24)
         boxes, inds = boxes[keep], inds[keep]
         reg, prob = _run_net(rnet, _normalise(crops))

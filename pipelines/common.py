@@ -73,9 +73,10 @@ def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = 
     if img_size is not None:
         from anonymizer.stage1_losses import capture_psf, psf_binning
 
-        if psf_binning(img_size) > 1:
+        factor = psf_binning(img_size)
+        if factor > 1:  # factor 1 keeps the lens itself (capture_psf would return its PSF unchanged)
             optic = capture_psf(Camera(optic).psf().detach().float(), img_size)
-            log.info("camera: PSF binned x%d to the %d px image grid", psf_binning(img_size), img_size)
+            log.info("camera: PSF binned x%d to the %d px image grid", factor, img_size)
     camera = Camera(optic, noise=noise)
     camera.requires_grad_(False)
     return camera
