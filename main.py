@@ -104,8 +104,9 @@ def _add_stage1(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--optics_lr", type=float, default=1e-3, help="learning rate of the lens parameters")
     g.add_argument("--regressor_lr", type=float, default=1e-3, help="learning rate of the heatmap regressor")
     g.add_argument("--freeze_lens", action="store_true", help="train the regressor only")
-    g.add_argument("--quantize_levels", type=int, default=0,
-                   help="fabrication-aware training: straight-through quantised height map (0 = off)")
+    g.add_argument("--quantize_levels", type=int, default=None,
+                   help="fabrication-aware training: straight-through quantised height map with N levels "
+                        "(0 = off; default: a Stage I checkpoint's own setting, off for a preset / YAML)")
     g.add_argument("--optics_checkpoint", default=None,
                    help="Stage I checkpoint whose frozen lens + regressor Stage II / sample / eval use")
 

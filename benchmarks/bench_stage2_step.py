@@ -28,10 +28,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonymizer.heatmap import HeatmapRegressor  # noqa: E402
-from anonymizer.model import build_model, count_parameters  # noqa: E402
-from anonymizer.sampling import FrozenOptics, anonymize, frozen_optics_from_checkpoint  # noqa: E402
-from anonymizer.solver import Solver, StepData, TrainOptions  # noqa: E402
+from anonymizer.stage1.heatmap import HeatmapRegressor  # noqa: E402
+from anonymizer.stage2.model import build_model, count_parameters  # noqa: E402
+from anonymizer.stage2.sampling import FrozenOptics, anonymize, frozen_optics_from_checkpoint  # noqa: E402
+from anonymizer.stage2.solver import Solver, StepData, TrainOptions  # noqa: E402
 
 CPU_BASE_DIM = 32
 log = logging.getLogger("bench_stage2_step")
@@ -40,7 +40,7 @@ log = logging.getLogger("bench_stage2_step")
 def optics_for(img_size: int, checkpoint: str | None) -> FrozenOptics:
     if checkpoint:
         return frozen_optics_from_checkpoint(checkpoint, img_size)
-    from anonymizer.stage1_losses import capture_psf
+    from optics.binning import capture_psf
     from optics.camera import Camera
     from optics.lens import Lens, load_lens_config
 
@@ -57,7 +57,7 @@ def param_counts() -> None:
         counts = {n: count_parameters(m) for n, m in nets.items()}
         label = f"{size} px, base_dim {nets.config['base_dim']}"
         print(f"{label:24s} " + "  ".join(f"{k[0].upper()}={v / 1e6:7.3f}M" for k, v in counts.items())
-              + f"  (G = generator, M = mapping F, S = style encoder E, D)")
+              + "  (G = generator, M = mapping F, S = style encoder E, D)")
 
 
 def step_time(optics_ckpt: str | None, timed_steps: int) -> None:
@@ -67,7 +67,7 @@ def step_time(optics_ckpt: str | None, timed_steps: int) -> None:
     torch.manual_seed(0)
     nets, nets_ema = build_model(img_size=128, num_domains=2, base_dim=CPU_BASE_DIM)
     solver = Solver(nets, nets_ema, optics.camera, optics.regressor, TrainOptions())
-    from anonymizer.solver import Batch
+    from anonymizer.stage2.solver import Batch
 
     g = torch.Generator().manual_seed(0)
     batch = Batch(torch.rand(8, 3, 128, 128, generator=g), torch.randint(0, 2, (8,), generator=g),

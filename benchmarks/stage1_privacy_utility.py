@@ -33,9 +33,9 @@ from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from anonymizer.stage1 import FaceLandmarkSet, Stage1Config, Stage1Trainer  # noqa: E402
-from anonymizer.stage1_losses import capture_psf, privacy_mtf_loss  # noqa: E402
-from anonymizer.teacher import LandmarkTeacher  # noqa: E402
+from anonymizer.stage1.trainer import FaceLandmarkSet, Stage1Config, Stage1Trainer  # noqa: E402
+from anonymizer.stage1.losses import privacy_mtf_loss  # noqa: E402
+from anonymizer.stage1.teacher import LandmarkTeacher  # noqa: E402
 from data.datasets import SourceDataset, scan  # noqa: E402
 from data.files import save_image, save_json, save_text  # noqa: E402
 from optics.camera import Camera  # noqa: E402

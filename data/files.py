@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -39,20 +40,35 @@ def save_bytes(path: str | os.PathLike, data: bytes) -> Path:
     return atomic_write(path, lambda fh: fh.write(data))
 
 
+def plain(obj: Any, for_json: bool = True) -> Any:
+    """The one sanitiser: a copy of ``obj`` made of dicts, lists, bools, ints, floats, strings and None.
+
+    Tuples become lists, numpy scalars / arrays and tensors Python numbers / lists, paths and any other object
+    its ``str``. With ``for_json`` (JSON output) dict keys become strings and inf / -inf / nan the strings
+    "inf" / "-inf" / "nan" (JSON has no such numbers; ``LensConfig`` reads "inf" back); without it (checkpoint
+    payloads, loadable with ``weights_only=True``) int keys and non-finite floats are kept.
+    """
+    if isinstance(obj, dict):
+        return {(str(k) if for_json or not isinstance(k, int) else k): plain(v, for_json) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [plain(v, for_json) for v in obj]
+    if isinstance(obj, np.ndarray) or type(obj).__name__ == "Tensor":
+        return plain(obj.tolist(), for_json)
+    if isinstance(obj, (np.floating, np.integer, np.bool_)):
+        obj = obj.item()
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return obj
+    if isinstance(obj, float):
+        if for_json and not math.isfinite(obj):
+            return "inf" if obj > 0 else ("-inf" if obj < 0 else "nan")
+        return obj
+    return str(obj)
+
+
 def save_json(path: str | os.PathLike, obj: Any) -> Path:
-    """JSON with sorted keys and 2-space indent; NaN/inf are refused (they are not JSON)."""
-    text = json.dumps(obj, indent=2, sort_keys=True, allow_nan=False, default=_json_default)
+    """JSON (through :func:`plain`) with sorted keys and 2-space indent."""
+    text = json.dumps(plain(obj), indent=2, sort_keys=True, allow_nan=False)
     return save_bytes(path, (text + "\n").encode())
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.floating, np.integer)):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, Path):
-        return str(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 def save_text(path: str | os.PathLike, text: str) -> Path:

@@ -19,57 +19,13 @@ import torch
 
 log = logging.getLogger(__name__)
 
-PNG_MAX = 65535
+from optics.quantize import (PNG_MAX, level_step, quantize_height,  # noqa: F401  (re-exported)
+                             quantize_height_ste)
 FORMAT_VERSION = 1
 
 
 class FabricationFileError(ValueError):
     """A fabrication file that is missing a part, inconsistent or of the wrong kind (names the file)."""
-
-
-def _check_levels(levels: int, h_min: float, h_max: float) -> None:
-    if isinstance(levels, bool) or not isinstance(levels, (int, np.integer)) or not 2 <= levels <= PNG_MAX + 1:
-        raise ValueError(f"levels must be an integer in 2..{PNG_MAX + 1}, got {levels!r}")
-    if not (np.isfinite(h_min) and np.isfinite(h_max)) or not h_max > h_min:
-        raise ValueError(f"height range must satisfy min < max [m], got [{h_min!r}, {h_max!r}]")
-
-
-def level_step(levels: int, h_min: float, h_max: float) -> float:
-    """Height difference between neighbouring levels [m]: (h_max - h_min) / (levels - 1)."""
-    _check_levels(levels, h_min, h_max)
-    return (h_max - h_min) / (levels - 1)
-
-
-def quantize_height(height: np.ndarray | torch.Tensor, levels: int, h_min: float, h_max: float):
-    """Clip to [h_min, h_max] and round to the nearest of ``levels`` equally spaced heights.
-
-    Args:
-        height: any shape [m] (numpy array or tensor; the result has the same type, dtype and device).
-        levels: number of heights N >= 2 (h_min and h_max are levels).
-        h_min, h_max: buildable range [m].
-
-    Returns:
-        quantised heights [m]; |q - clip(h)| <= step / 2.
-    """
-    step = level_step(levels, h_min, h_max)
-    if isinstance(height, torch.Tensor):
-        k = torch.round((height.clamp(h_min, h_max) - h_min) / step)
-        return h_min + k * step
-    k = np.round((np.clip(height, h_min, h_max) - h_min) / step)
-    return h_min + k * step
-
-
-def quantize_height_ste(height: torch.Tensor, levels: int, h_min: float, h_max: float) -> torch.Tensor:
-    """Straight-through quantiser for fabrication-aware training.
-
-    Forward: :func:`quantize_height`. Backward: the gradient of ``clamp(height, h_min, h_max)`` (identity
-    inside the range, zero outside), so the optimiser sees the continuous height.
-
-    Args:
-        height: (...) [m] tensor. levels, h_min, h_max: as :func:`quantize_height`.
-    """
-    clipped = height.clamp(h_min, h_max)
-    return clipped + (quantize_height(clipped, levels, h_min, h_max) - clipped).detach()
 
 
 def height_to_levels(height: np.ndarray, levels: int, h_min: float, h_max: float) -> np.ndarray:

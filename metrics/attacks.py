@@ -276,3 +276,56 @@ def gaussian_psf(sigma: float, size: int | None = None, channels: int = 3) -> np
     r = np.arange(size) - size // 2
     g = np.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
     return np.repeat((g / g.sum())[None], channels, axis=0)
+
+
+ATTACKS = ("wiener", "rl", "inverter", "attribute")
+"""Every attack name ``--attacks`` accepts (attribute: the checkpoint protocol's source-domain classifier)."""
+
+
+def run_attacks(evaluator, camera: nn.Module, attacks: Sequence[str], inverter_iters: int = 500, seed: int = 0,
+                device: str = "cpu") -> dict[str, dict]:
+    """Capture the originals through ``camera`` and score the raw capture and each attack on it.
+
+    ``camera`` is also the attacker's TRUE PSF (the threat model: the attacker owns or has measured the camera).
+
+    Args:
+        evaluator: ``metrics.evaluate.Evaluator`` holding the originals (H, W, 3) in [0, 1].
+        camera: ``optics.camera.Camera`` whose PSF is on the originals' pixel grid.
+        attacks: names among wiener, rl, inverter (others are ignored here).
+        inverter_iters: training steps of the learned inverter.
+        seed: sensor-noise seed of the captures.
+        device: where the inverter trains.
+
+    Returns:
+        {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture).
+
+    Raises:
+        ValueError: the inverter with fewer than 2 images.
+    """
+    from data.images import to_numpy, to_tensor
+
+    gen = torch.Generator().manual_seed(int(seed))
+    with torch.no_grad():
+        psf = camera.psf().detach().cpu().numpy()
+        captures = [to_numpy(camera(to_tensor(im), generator=gen)) for im in evaluator.originals]
+    n = len(captures)
+    idx = list(range(n))
+    methods: dict[str, dict] = {}
+    net = None
+    if "inverter" in attacks:
+        if n < 2:
+            raise ValueError("the inverter attack needs at least 2 image pairs (half train, half test)")
+        half = n // 2
+        train, idx = idx[:half], idx[half:]
+        log.info("inverter: training on %d capture/clean pairs, attacks scored on the other %d", half, len(idx))
+        net = train_inverter([captures[i] for i in train], [evaluator.originals[i] for i in train],
+                             iters=int(inverter_iters), device=device)
+    test_caps = [captures[i] for i in idx]
+    methods["capture"] = evaluator.evaluate(test_caps, idx)
+    if "wiener" in attacks:
+        methods["wiener"] = evaluator.evaluate([wiener_attack(c, psf) for c in test_caps], idx)
+    if "rl" in attacks:
+        methods["rl"] = evaluator.evaluate([richardson_lucy_attack(c, psf) for c in test_caps], idx)
+    if net is not None:
+        methods["inverter"] = evaluator.evaluate(invert(net, test_caps), idx)
+    return methods

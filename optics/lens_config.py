@@ -83,6 +83,11 @@ class LensConfig:
         return psf_model.focal_length_for_focus(float(self.focus_distance), self.sensor_distance)
 
     @property
+    def wave_height(self) -> float:
+        """Surface height [m] of one wave of phase at the design wavelength: lambda_d / (n_d - 1)."""
+        return self.design_wavelength / (refractive_index(self.material, self.design_wavelength) - 1.0)
+
+    @property
     def num_pupil(self) -> int:
         return int(self.pupil_samples or self.psf_size)
 

@@ -10,24 +10,17 @@ from __future__ import annotations
 import argparse
 import logging
 
+from pipelines.common import resolve_device
 from pipelines.faces import align_folder
 
 log = logging.getLogger(__name__)
-
-
-def _device(name: str) -> str:
-    if name != "auto":
-        return name
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def run(args: argparse.Namespace) -> None:
     """Align every image of ``args.inp_dir`` into ``args.out_dir`` at ``args.img_size``."""
     if args.img_size < 16:
         raise ValueError(f"--img_size must be >= 16, got {args.img_size}")
-    report = align_folder(args.inp_dir, args.out_dir, img_size=args.img_size, device=_device(args.device))
+    report = align_folder(args.inp_dir, args.out_dir, img_size=args.img_size, device=str(resolve_device(args.device)))
     print(f"aligned {report['aligned']} of {report['num_inputs']} images into {args.out_dir}; "
           f"{report['num_failures']} failures (see {args.out_dir}/align_report.json)")
     for f in report["failures"]:

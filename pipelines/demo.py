@@ -23,7 +23,7 @@ import torch
 from tqdm import tqdm
 
 from data.files import save_figure, save_json, save_text
-from pipelines.common import SHIPPED_ANONYMIZER, resolve_device, seed_everything
+from pipelines.common import SHIPPED_ANONYMIZER, measured_psf, resolve_device, seed_everything
 from pipelines.simulate import psf_figure
 
 log = logging.getLogger(__name__)
@@ -147,7 +147,7 @@ def check_ranges(methods: dict[str, dict]) -> list[str]:
 
 
 def run(args: argparse.Namespace) -> None:
-    from anonymizer.sampling import anonymize, heatmap_rgb, load_anonymizer
+    from anonymizer.stage2.sampling import anonymize, heatmap_rgb, load_anonymizer
     from metrics.baselines import apply_baseline
     from metrics.evaluate import Evaluator
     from metrics.report import markdown_table
@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> None:
         bar.update(1)
 
     nets_ema, camera, regressor, meta = load_anonymizer(checkpoint, step=args.resume_iter or None, device=device,
-                                                        noise=not args.no_noise, psf_file=args.psf)
+                                                        noise=not args.no_noise, psf=measured_psf(args.psf))
     img_size = int(meta["model"]["img_size"])
     advance("weights")
     sources, names, refs, ref_names = demo_faces(img_size, NUM_SOURCES)

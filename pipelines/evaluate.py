@@ -27,7 +27,6 @@ from data.images import ImageReadError, list_images, read_image
 
 log = logging.getLogger(__name__)
 
-ATTACKS = ("wiener", "rl", "inverter", "attribute")
 
 
 def pair_folders(gen_dir: str | Path, real_dir: str | Path, max_images: int | None = None
@@ -87,12 +86,6 @@ def pair_folders(gen_dir: str | Path, real_dir: str | Path, max_images: int | No
     return generated, originals, names, skipped
 
 
-def _device(name: str) -> str:
-    from pipelines.common import resolve_device
-
-    return str(resolve_device(name))
-
-
 def attack_camera(args: argparse.Namespace, originals: list[np.ndarray]):
     """The camera (--lens / --psf) that captures the originals for the attacks, its PSF binned to their size.
 
@@ -109,53 +102,13 @@ def attack_camera(args: argparse.Namespace, originals: list[np.ndarray]):
                         img_size=max(shapes[0]))
 
 
-def run_attacks(args: argparse.Namespace, evaluator, attacks: list[str], device: str = "cpu",
-                camera=None) -> dict[str, dict]:
-    """Capture the originals through the camera and score the raw capture and each attack on it.
-
-    ``camera`` (default: built from --lens / --psf) is also the attacker's TRUE PSF.
-
-    Returns:
-        {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture).
-    """
-    import torch
-
-    from data.images import to_numpy, to_tensor
-    from metrics import attacks as atk
-    if camera is None:
-        camera = attack_camera(args, evaluator.originals)
-    gen = torch.Generator().manual_seed(int(getattr(args, "seed", 0)))
-    with torch.no_grad():
-        psf = camera.psf().detach().cpu().numpy()
-        captures = [to_numpy(camera(to_tensor(im), generator=gen)) for im in evaluator.originals]
-    n = len(captures)
-    idx = list(range(n))
-    methods: dict[str, dict] = {}
-    net = None
-    if "inverter" in attacks:
-        if n < 2:
-            raise ValueError("the inverter attack needs at least 2 image pairs (half train, half test)")
-        half = n // 2
-        train, idx = idx[:half], idx[half:]
-        log.info("inverter: training on %d capture/clean pairs, attacks scored on the other %d", half, len(idx))
-        net = atk.train_inverter([captures[i] for i in train], [evaluator.originals[i] for i in train],
-                                 iters=int(getattr(args, "inverter_iters", 500)), device=device)
-    test_caps = [captures[i] for i in idx]
-    methods["capture"] = evaluator.evaluate(test_caps, idx)
-    if "wiener" in attacks:
-        methods["wiener"] = evaluator.evaluate([atk.wiener_attack(c, psf) for c in test_caps], idx)
-    if "rl" in attacks:
-        methods["rl"] = evaluator.evaluate([atk.richardson_lucy_attack(c, psf) for c in test_caps], idx)
-    if net is not None:
-        methods["inverter"] = evaluator.evaluate(atk.invert(net, test_caps), idx)
-    return methods
-
-
 def run(args: argparse.Namespace) -> None:
     """Evaluate ``args.gen_dir`` against ``args.real_dir``; write eval.json and eval.md to ``args.out``."""
+    from metrics.attacks import ATTACKS, run_attacks
     from metrics.baselines import apply_baseline, parse_baselines
     from metrics.evaluate import DETECTORS, Evaluator, parse_list
     from metrics.report import markdown_table
+    from pipelines.common import resolve_device
 
     if args.gen_dir is None:
         return run_checkpoint(args)
@@ -168,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         raise ValueError("--attacks attribute needs domain labels: run it with --checkpoint_dir (the reference "
                          "protocol, whose --val_img_dir has one folder per domain), not on two folders")
     out = Path(args.out or getattr(args, "eval_dir", None) or "expr/eval")
-    device = _device(getattr(args, "device", "cpu"))
+    device = str(resolve_device(args.device))
 
     generated, originals, names, skipped = pair_folders(args.gen_dir, args.real_dir, args.max_images)
     log.info("evaluating %d pairs (%d skipped)", len(names), len(skipped))
@@ -180,7 +133,8 @@ def run(args: argparse.Namespace) -> None:
         log.info("baseline %s", name)
         methods[name] = evaluator.evaluate([apply_baseline(name, im, param) for im in originals])
     if attacks:
-        methods.update(run_attacks(args, evaluator, attacks, device))
+        methods.update(run_attacks(evaluator, attack_camera(args, originals), attacks, args.inverter_iters,
+                                   args.seed, device))
 
     result = dict(methods["generated"])
     result.update({

@@ -84,17 +84,17 @@ def attribute_rows(protected: dict[str, dict[int, np.ndarray]], labels: dict[int
 
 def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
     """Returns (methods, info): methods = {"anonymized", "capture", baselines..., attacks...}."""
-    from anonymizer.sampling import anonymize, load_anonymizer
+    from anonymizer.stage2.sampling import anonymize, load_anonymizer
     from data.datasets import SourceDataset
+    from metrics.attacks import ATTACKS, run_attacks
     from metrics.baselines import apply_baseline, parse_baselines
     from metrics.evaluate import DETECTORS, Evaluator, parse_list
     from metrics.fid import InceptionFeatures, fid_from_features, reference_statistics
-    from pipelines.common import resolve_device
-    from pipelines.evaluate import ATTACKS, run_attacks
+    from pipelines.common import measured_psf, resolve_device
 
     device = resolve_device(args.device)
     nets_ema, camera, regressor, meta = load_anonymizer(args.checkpoint_dir, args.resume_iter or None,
-                                                        device=device, noise=not args.no_noise, psf_file=args.psf)
+                                                        device=device, noise=not args.no_noise, psf=measured_psf(args.psf))
     img_size = int(meta["model"]["img_size"])
     num_domains = int(meta["model"]["num_domains"])
     if args.train_img_dir and args.val_img_dir:
@@ -169,7 +169,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
             methods[name] = evaluator.evaluate(images)
             protected[name] = dict(zip(unique, images))
         if attacks:
-            attacked = run_attacks(args, evaluator, attacks, str(device), camera=camera)
+            attacked = run_attacks(evaluator, camera, attacks, args.inverter_iters, args.seed, str(device))
             attacked.pop("capture", None)
             methods.update(attacked)
     attribute_info = None

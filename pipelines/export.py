@@ -14,7 +14,7 @@ import argparse
 import logging
 from pathlib import Path
 
-from anonymizer.checkpoint import load_checkpoint, save_checkpoint
+from data.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.common import SHIPPED_ANONYMIZER, SHIPPED_OPTICS
 
 log = logging.getLogger(__name__)
@@ -25,7 +25,7 @@ ANONYMIZER_DROP = ("optims", "rng", "nets")
 
 def export_optics(src: str | Path, dst: str | Path) -> Path:
     """Release copy of a Stage I checkpoint (lens parameters only, no optimiser / RNG state)."""
-    from anonymizer.stage1 import load_optics_checkpoint
+    from anonymizer.stage1.trainer import load_optics_checkpoint
 
     state = load_checkpoint(src)
     optic, _, _ = load_optics_checkpoint(src)  # validates, and gives the lens's own (parameter-only) state
@@ -46,7 +46,7 @@ def export_anonymizer(src: str | Path, dst: str | Path, step: int | None = None,
     """
     if weights not in ("ema", "raw"):
         raise ValueError(f"--export_weights must be 'ema' or 'raw', got {weights!r}")
-    from anonymizer.sampling import load_anonymizer, resolve_stage2_checkpoint
+    from anonymizer.stage2.sampling import load_anonymizer, resolve_stage2_checkpoint
 
     path = resolve_stage2_checkpoint(src, step)
     load_anonymizer(path)  # validates before anything is written

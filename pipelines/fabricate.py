@@ -11,38 +11,19 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines.common import load_optic
+
 log = logging.getLogger(__name__)
 
 
 def load_lens(spec: str, object_distance: float | None = None):
-    """A Lens from a preset name, a lens YAML file or a Stage I checkpoint (keys lens_config + lens).
+    """The Lens of a preset / YAML / Stage I checkpoint (:func:`pipelines.common.load_optic`), with the
+    quantisation it was trained with; a measured-PSF checkpoint has no surface to fabricate (ValueError)."""
+    from optics.lens import Lens
 
-    Args:
-        spec: preset / YAML path / checkpoint path (.ckpt, .pt, .pth).
-        object_distance: override of the config's object distance [m].
-
-    Returns:
-        optics.lens.Lens with its parameters frozen.
-    """
-    from optics.lens import Lens, LensConfig, load_lens_config
-
-    overrides = {} if object_distance is None else {"object_distance": object_distance}
-    if Path(spec).suffix in (".ckpt", ".pt", ".pth"):
-        from anonymizer.checkpoint import load_checkpoint
-
-        state = load_checkpoint(spec)
-        if "lens_config" not in state or "lens" not in state:
-            raise ValueError(f"{spec}: not a Stage I checkpoint (needs keys 'lens_config' and 'lens')")
-        data = dict(state["lens_config"])
-        data.update(overrides)
-        lens = Lens(LensConfig.from_dict(data, source=str(spec)))
-        try:
-            lens.load_state_dict(state["lens"])
-        except RuntimeError as err:
-            raise ValueError(f"{spec}: lens weights do not match its lens_config ({err})") from err
-    else:
-        lens = Lens(load_lens_config(spec, **overrides))
-    lens.requires_grad_(False)
+    lens = load_optic(spec, object_distance=object_distance)
+    if not isinstance(lens, Lens):
+        raise ValueError(f"{spec}: holds a measured PSF, not a lens surface (nothing to fabricate or fit)")
     return lens
 
 
@@ -69,7 +50,7 @@ def run(args: argparse.Namespace) -> None:
     pitch = 2 * cfg.aperture_radius / height.shape[0]
     paths = export_height_map(out, height, pitch, args.levels, h_min, h_max, cfg.material, cfg.wavelengths,
                               aperture_radius=cfg.aperture_radius,
-                              extra={"lens": str(args.lens), "lens_config": _jsonable(cfg.to_dict())})
+                              extra={"lens": str(args.lens), "lens_config": cfg.to_dict()})
     imported, meta = import_height_map(paths["png"])
     report = quantization_report(lens, imported, meta)
     report["files"] = {k: str(v) for k, v in paths.items()}
@@ -83,19 +64,6 @@ def _aperture(size: int, pitch: float, radius: float) -> np.ndarray:
     from hardware.fabrication import aperture_mask
 
     return aperture_mask(size, pitch, radius)
-
-
-def _jsonable(d: dict) -> dict:
-    import math
-
-    out = {}
-    for k, v in d.items():
-        if isinstance(v, float) and math.isinf(v):
-            v = "inf"
-        elif isinstance(v, dict):
-            v = {str(a): b for a, b in v.items()}
-        out[k] = v
-    return out
 
 
 def _figure(height: np.ndarray, quantised: np.ndarray, mask: np.ndarray, report: dict):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.common import resolve_device
+from pipelines.common import measured_psf, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -45,13 +45,13 @@ def reference_labels(ref_domains: list[str], trained: list[str] | None, num_doma
 
 
 def run(args: argparse.Namespace) -> None:
-    from anonymizer.sampling import anonymize, heatmap_rgb, load_anonymizer, sample_rows, save_grid
+    from anonymizer.stage2.sampling import anonymize, heatmap_rgb, load_anonymizer, sample_rows, save_grid
     from data.datasets import SourceDataset, scan
     from data.files import save_image, save_json
 
     device = resolve_device(args.device)
     nets_ema, camera, regressor, meta = load_anonymizer(args.checkpoint_dir, args.resume_iter or None, device,
-                                                        noise=not args.no_noise, psf_file=args.psf)
+                                                        noise=not args.no_noise, psf=measured_psf(args.psf))
     cfg = meta["model"]
     size, num_domains, latent_dim = int(cfg["img_size"]), int(cfg["num_domains"]), int(cfg["latent_dim"])
     log.info("anonymizer %s (step %s, %d px, %d domain(s))", meta["path"], meta["step"], size, num_domains)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -17,17 +16,6 @@ import numpy as np
 import torch
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    """inf / nan -> strings (JSON has no inf); recurse into containers."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return "inf" if value > 0 else ("-inf" if value < 0 else "nan")
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
 
 
 def psf_summary(psf: np.ndarray, pixel_pitch: float | None, reference: np.ndarray | None) -> list[dict]:
@@ -119,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
         reference = lens.diffraction_limited_psf().double().cpu().numpy()
         labels = [f"{w * 1e9:.0f} nm" for w in cfg.wavelengths] if psf.shape[0] == len(cfg.wavelengths) \
             else [f"channel {i}" for i in range(psf.shape[0])]
-        summary["lens"] = _jsonable(cfg.to_dict())
+        summary["lens"] = cfg.to_dict()
         summary["focal_lengths_m"] = cfg.focal_lengths()
         summary["geometric_blur_diameter_px"] = [
             geometric_blur_diameter(cfg.aperture_radius, f, cfg.object_distance, cfg.sensor_distance) / pitch
@@ -133,7 +121,7 @@ def run(args: argparse.Namespace) -> None:
         reference = None
         labels = [f"channel {i}" for i in range(psf.shape[0])]
         summary["psf_file"] = str(args.psf)
-        summary["psf_meta"] = _jsonable(meta)
+        summary["psf_meta"] = meta
     summary["pixel_pitch_m"] = pitch
     summary["psf_shape"] = list(psf.shape)
     summary["channels"] = psf_summary(psf, pitch, reference)

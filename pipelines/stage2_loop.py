@@ -8,17 +8,21 @@ from typing import Any
 
 import torch
 
-from anonymizer.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from anonymizer.distributed import DistInfo, barrier, mean_over_ranks
-from anonymizer.model import build_model
-from anonymizer.sampling import STAGE2_NAME, FrozenOptics, anonymize, sample_rows, save_grid
-from anonymizer.solver import Solver, StepData, TrainOptions, run_steps
+from anonymizer.stage2.model import build_model
+from anonymizer.stage2.sampling import STAGE2_NAME, FrozenOptics, anonymize, sample_rows, save_grid
+from anonymizer.stage2.solver import Solver, StepData, TrainOptions, run_steps
+from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from data.files import plain
+from pipelines.common import init_wandb
 
 log = logging.getLogger(__name__)
 
+DEFAULT_CHECKPOINT_DIR = "expr/checkpoints"
+
 
 def stage2_state(solver: Solver, optics: FrozenOptics, step: int, args: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint payload of Stage II (format in anonymizer/sampling.py)."""
+    """Checkpoint payload of Stage II (format in anonymizer/stage2/sampling.py)."""
     return {"step": step, "args": args, "model": dict(solver.nets.config), **solver.state(),
             "psf": optics.camera.psf().detach().float().cpu(),
             "regressor_config": dict(optics.regressor.config),
@@ -112,11 +116,13 @@ class FIDProbe:
 
 
 def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device) -> None:
-    from pipelines.train import DEFAULT_CHECKPOINT_DIR, build_optics, image_dirs, plain_args
+    from pipelines.common import image_dirs
+    from pipelines.stage2_optics import build_optics
 
     ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
     sample_dir = Path(args.sample_dir)
-    train_dir, val_dir = image_dirs(args)
+    train_dir, val_dir = image_dirs(args.train_img_dir, args.val_img_dir, args.img_size)
+    val_dir = val_dir or train_dir
     from data.datasets import find_domains
 
     found = max(1, len(find_domains(train_dir)))
@@ -140,7 +146,7 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
     opts = TrainOptions.from_args(args)
     solver = Solver(nets, nets_ema, optics.camera, optics.regressor, opts, device, info)
     optics.camera, optics.regressor = solver.camera.camera, solver.regressor
-    saved_args = {**plain_args(args), "domains": ",".join(source.domains)}
+    saved_args = {**plain(vars(args), for_json=False), "domains": ",".join(source.domains)}
     if args.resume_iter:
         state = load_checkpoint(checkpoint_path(ckpt_dir, args.resume_iter, STAGE2_NAME), map_location=device)
         solver.load_state(state)
@@ -149,11 +155,7 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
     data = StepData(source, reference, args.batch_size, args.latent_dim, args.seed, info)
     val_images, val_labels = fixed_val_batch(val, min(8, args.val_batch_size))
 
-    wandb_run = None
-    if args.wandb and info.is_main:
-        import wandb  # lazy: only with --wandb
-
-        wandb_run = wandb.init(project="privacy-optics", job_type="train", config=saved_args)
+    wandb_run = init_wandb(args.wandb and info.is_main, "train", saved_args)
 
     probe: FIDProbe | None = None
 

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from data.files import save_image, save_json
-from pipelines.common import is_checkpoint_file, resolve_device, seed_everything
+from pipelines.common import build_camera, image_dirs, init_wandb, resolve_device, seed_everything
 
 log = logging.getLogger(__name__)
 
@@ -27,19 +27,9 @@ DEFAULT_CHECKPOINT_DIR = "expr/optics"
 REGRESSOR = {"base": 16, "depth": 3}
 
 
-def image_dirs(args: argparse.Namespace) -> tuple[Path, Path | None]:
-    """(train_dir, val_dir): the given folders, or the embedded face set at args.img_size."""
-    if args.train_img_dir:
-        return Path(args.train_img_dir), (Path(args.val_img_dir) if args.val_img_dir else None)
-    from pipelines.faces import default_face_dirs
-
-    train_dir, val_dir = default_face_dirs(args.img_size)
-    return train_dir, (Path(args.val_img_dir) if args.val_img_dir else val_dir)
-
-
 def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], name: str):
     """Scan a folder (corrupt files skipped and reported), run / read the teacher, return a FaceLandmarkSet."""
-    from anonymizer.stage1 import FaceLandmarkSet
+    from anonymizer.stage1.trainer import FaceLandmarkSet
     from data.datasets import SourceDataset, scan
 
     scanned = scan(folder)
@@ -56,33 +46,14 @@ def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], 
 
 
 def build_stage1_camera(args: argparse.Namespace):
-    """Camera with sensor noise: measured PSF (--psf), or a lens from a preset / YAML / Stage I checkpoint."""
-    from anonymizer.stage1 import build_lens, load_optics_checkpoint
-    from optics.camera import Camera
-    from optics.lens import Lens, load_lens_config
-
-    levels = int(getattr(args, "quantize_levels", 0) or 0)
-    if args.psf:
-        from hardware.psf_io import load_calibrated_psf
-
-        return Camera(load_calibrated_psf(args.psf), noise=True)
-    if is_checkpoint_file(args.lens):
-        optic, _, _ = load_optics_checkpoint(args.lens)
-        if not isinstance(optic, Lens):
-            return Camera(optic, noise=True)
-        lens = build_lens(optic.config, levels)
-        lens.load_state_dict(optic.state_dict())
-    else:
-        overrides = {}
-        if getattr(args, "object_distance", None) is not None:
-            overrides["object_distance"] = args.object_distance
-        lens = build_lens(load_lens_config(args.lens, **overrides), levels)
-    lens.requires_grad_(True)
-    return Camera(lens, noise=True)
+    """The trainable Stage I camera with sensor noise (:func:`pipelines.common.build_camera`): measured PSF
+    (--psf), or a lens from a preset / YAML / Stage I checkpoint, quantisation-aware with --quantize_levels."""
+    return build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
+                        quantize_levels=args.quantize_levels, trainable=True)
 
 
 def stage1_config(args: argparse.Namespace, num_landmarks: int):
-    from anonymizer.stage1 import Stage1Config
+    from anonymizer.stage1.trainer import Stage1Config
 
     return Stage1Config(img_size=args.img_size, batch_size=args.batch_size, heatmap_mode=args.heatmap_mode,
                         heatmap_sigma=args.heatmap_sigma, num_landmarks=num_landmarks,
@@ -94,8 +65,8 @@ def stage1_config(args: argparse.Namespace, num_landmarks: int):
 def run(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
-    from anonymizer.stage1 import Stage1Trainer
-    from anonymizer.teacher import TEACHERS, LandmarkTeacher
+    from anonymizer.stage1.trainer import Stage1Trainer
+    from anonymizer.stage1.teacher import TEACHERS, LandmarkTeacher
 
     if args.total_iters < 1:
         raise ValueError(f"--total_iters must be >= 1, got {args.total_iters}")
@@ -104,22 +75,15 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
-    train_dir, val_dir = image_dirs(args)
+    train_dir, val_dir = image_dirs(args.train_img_dir, args.val_img_dir, args.img_size)
     teacher = LandmarkTeacher(args.teacher, device=str(device))
     report: dict[str, Any] = {"teacher": args.teacher, "img_size": args.img_size}
     train_set = load_face_set(train_dir, args.img_size, teacher, report, "train")
     val_set = load_face_set(val_dir, args.img_size, teacher, report, "val") if val_dir else None
     save_json(ckpt_dir / "stage1_data.json", report)
 
-    logger = None
-    if args.wandb:
-        try:
-            import wandb  # lazy: only with --wandb (WANDB_MODE=offline works)
-        except ImportError as err:
-            raise RuntimeError("--wandb needs the wandb package (pip install wandb, or the [wandb] extra)") from err
-
-        run_ = wandb.init(project="privacy-optics", job_type="train_optics", config=vars(args))
-        logger = lambda step, values: run_.log(values, step=step)  # noqa: E731
+    run_ = init_wandb(args.wandb, "train_optics", vars(args))
+    logger = None if run_ is None else (lambda step, values: run_.log(values, step=step))  # noqa: E731
 
     camera = build_stage1_camera(args)
     trainer = Stage1Trainer(camera, stage1_config(args, TEACHERS[args.teacher]), train_set, val_set,
@@ -149,3 +113,5 @@ def run(args: argparse.Namespace) -> None:
         if step % max(1, args.save_every) == 0 and step != args.total_iters:
             trainer.save()
     trainer.save()
+    if run_ is not None:
+        run_.finish()

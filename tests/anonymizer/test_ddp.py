@@ -10,9 +10,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from anonymizer.distributed import DistInfo
-from anonymizer.heatmap import HeatmapRegressor
-from anonymizer.model import build_model
-from anonymizer.solver import Batch, Solver, TrainOptions, gradients
+from anonymizer.stage1.heatmap import HeatmapRegressor
+from anonymizer.stage2.model import build_model
+from anonymizer.stage2.solver import Batch, Solver, TrainOptions, gradients
 
 S = 32
 TINY = dict(img_size=S, num_domains=2, base_dim=8, max_conv_dim=16, hidden_dim=16, style_dim=8, latent_dim=4)

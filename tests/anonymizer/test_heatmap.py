@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from anonymizer.heatmap import (HeatmapRegressor, group_heatmaps, heatmap_loss, landmark_groups,
+from anonymizer.stage1.heatmap import (HeatmapRegressor, group_heatmaps, heatmap_loss, landmark_groups,
                                 landmark_nme, landmarks_to_heatmaps, num_heatmap_channels, soft_argmax)
 
 

@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from anonymizer import losses as L
-from anonymizer.heatmap import HeatmapRegressor
-from anonymizer.model import Discriminator, build_model
+from anonymizer.stage2 import losses as L
+from anonymizer.stage1.heatmap import HeatmapRegressor
+from anonymizer.stage2.model import Discriminator, build_model
 from optics.camera import Camera
 from tests.anonymizer.conftest import gaussian_psf
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anonymizer.model import Generator, HighPass, build_model, count_parameters, default_base_dim, heatmap_masks
+from anonymizer.stage2.model import Generator, HighPass, build_model, count_parameters, default_base_dim, heatmap_masks
 
 
 

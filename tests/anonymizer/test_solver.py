@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from anonymizer.heatmap import HeatmapRegressor
-from anonymizer.model import build_model
-from anonymizer.sampling import FrozenOptics, anonymize, load_anonymizer
-from anonymizer.solver import Batch, Solver, StepData, TrainOptions, moving_average
+from anonymizer.stage1.heatmap import HeatmapRegressor
+from anonymizer.stage2.model import build_model
+from anonymizer.stage2.sampling import FrozenOptics, anonymize, load_anonymizer
+from anonymizer.stage2.solver import Batch, Solver, StepData, TrainOptions, moving_average
 from data.datasets import ReferenceDataset, SourceDataset
 from data.files import save_image
 from optics.camera import Camera
@@ -110,7 +110,7 @@ def test_resume_gives_identical_losses(tmp_path: Path) -> None:
     """Steps 0-3 in one go == steps 0-1, checkpoint, new process state (other init), load, steps 2-3."""
     from pipelines.stage2_loop import save_stage2
 
-    from anonymizer.checkpoint import checkpoint_path, load_checkpoint
+    from data.checkpoint import checkpoint_path, load_checkpoint
 
     folder = face_folder(tmp_path / "faces")
     source = SourceDataset(folder, S, augment=True, cache=True)
@@ -170,7 +170,7 @@ def test_step_data_is_a_function_of_the_step(tmp_path: Path) -> None:
 
 def stage1_checkpoint(path: Path) -> Path:
     """A Stage I checkpoint in the documented format (measured-PSF variant), with an untrained regressor."""
-    from anonymizer.checkpoint import save_checkpoint
+    from data.checkpoint import save_checkpoint
 
     torch.manual_seed(0)
     reg = HeatmapRegressor(3, 2, base=4, depth=2)
@@ -185,7 +185,7 @@ def test_main_train_interrupted_and_resumed_equals_uninterrupted(tmp_path: Path)
     """``main.py --mode train`` for 3 steps == 2 steps, then a new run with --resume_iter 2 to 3 (weights equal),
     and ``--mode sample`` writes the documented files from the result."""
     import main
-    from anonymizer.checkpoint import load_checkpoint
+    from data.checkpoint import load_checkpoint
 
     faces = face_folder(tmp_path / "faces")
     optics = stage1_checkpoint(tmp_path / "000001_optics.ckpt")

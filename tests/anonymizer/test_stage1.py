@@ -8,12 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from anonymizer.heatmap import heatmap_loss, landmarks_to_heatmaps
-from anonymizer.stage1 import (FaceLandmarkSet, Stage1Config, Stage1Trainer, batch_indices, build_lens,
+from anonymizer.stage1.heatmap import heatmap_loss, landmarks_to_heatmaps
+from anonymizer.stage1.trainer import (FaceLandmarkSet, Stage1Config, Stage1Trainer, batch_indices, build_lens,
                                load_optics_checkpoint)
-from anonymizer.stage1_losses import (QuantizedLens, bin_psf, capture_psf, privacy_mtf_loss, psf_binning,
-                                      psf_border_energy)
-from anonymizer.teacher import LandmarkTeacher
+from anonymizer.stage1.losses import privacy_mtf_loss, psf_border_energy
+from optics.binning import bin_psf, capture_psf, psf_binning
+from optics.quantize import QuantizedLens
+from anonymizer.stage1.teacher import LandmarkTeacher
 from optics.camera import Camera
 from optics.lens import Lens, load_lens_config
 

@@ -93,7 +93,7 @@ def test_calibrate_reports_bad_input_without_traceback(tmp_path, caplog):
 
 
 def test_fabricate_from_stage1_checkpoint(tmp_path):
-    from anonymizer.checkpoint import save_checkpoint
+    from data.checkpoint import save_checkpoint
     from hardware.fabrication import import_height_map, level_step
 
     cfg = small_lens_config(zernike={4: 0.4 * WAVE_HEIGHT, 7: 0.2 * WAVE_HEIGHT}, height_map_samples=64)

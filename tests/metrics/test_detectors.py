@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from metrics.detectors import Detection, DlibDetector, MTCNNDetector, dlib_model_path, inter_ocular_distance
+from metrics.detectors import Detection, DlibDetector, dlib_model_path, inter_ocular_distance
 from metrics.geometry import geometry_metrics
 from tests.metrics.conftest import astronaut_window
 

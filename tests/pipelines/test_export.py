@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from anonymizer.checkpoint import load_checkpoint
-from anonymizer.stage1 import load_optics_checkpoint
+from data.checkpoint import load_checkpoint
+from anonymizer.stage1.trainer import load_optics_checkpoint
 from optics.lens import Lens, load_lens_config
 from pipelines.export import export_optics
 
@@ -15,8 +15,8 @@ def test_lens_state_holds_only_learnable_parameters():
 
 
 def test_export_optics_round_trip(tmp_path):
-    from anonymizer.heatmap import HeatmapRegressor
-    from anonymizer.checkpoint import save_checkpoint
+    from anonymizer.stage1.heatmap import HeatmapRegressor
+    from data.checkpoint import save_checkpoint
 
     cfg = load_lens_config("face-deid", psf_size=128)
     lens = Lens(cfg)

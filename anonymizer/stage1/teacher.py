@@ -4,7 +4,7 @@ Stage I regresses, from the capture y, the landmarks that a detector finds on th
 (dlib's 68-point predictor after the HOG detector, or MTCNN's 5 points) runs on the image exactly as the
 training pipeline sees it (``data.datasets.load_image(path, img_size)``), upsampled by an integer factor to
 at least ``detect_size`` pixels (dlib's HOG detector misses faces below ~80 px), and the landmarks are mapped
-back to ``img_size`` pixel coordinates (pixel centres at integers, see :mod:`anonymizer.heatmap`).
+back to ``img_size`` pixel coordinates (pixel centres at integers, see :mod:`anonymizer.stage1.heatmap`).
 
 Cache: one ``.npz`` per (file, teacher, img_size) under ``cache_dir/<teacher>/``, named by the SHA-1 of
 ``absolute path | mtime_ns | size in bytes | img_size | teacher | detect_size | CACHE_VERSION``; editing or

@@ -1,12 +1,7 @@
-"""Stage I optics terms: sensor binning of the PSF, the privacy (identity-band MTF) loss, PSF regularisers and a
-fabrication-aware (quantised) lens.
+"""Stage I optics terms: the privacy (identity-band MTF) loss and the PSF regularisers.
 
-Resolution convention (``capture_psf``). Lens presets describe the reference camera, whose sensor images a
-face crop on ``REFERENCE_IMG_SIZE`` = 256 pixels (the face-deid lens blurs a point into a ~61 px disc there).
-Training at ``img_size`` S < 256 images the *same* face on the *same* sensor read out with S x S binned pixels:
-the PSF is sum-pooled by ``k = 256 / S``. So the blur stays the same fraction of the face at every img_size,
-and the lens physics (pupil sampling at the preset pitch) is unchanged. Every consumer of a Stage I lens at a
-given img_size must use :func:`capture_psf` (the checkpoint records ``psf_binning``).
+PSF binning to the capture grid lives in optics/binning.py (``capture_psf``); the quantisation-aware lens in
+optics/quantize.py.
 
 Privacy term (``privacy_mtf_loss``). Human and machine face recognition rely most on a band of mid spatial
 frequencies, about 8 to 16 cycles per face width (Costen et al. 1996; Näsänen 1999), while the coarse face
@@ -38,10 +33,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from optics.lens import Lens, LensConfig
-
-REFERENCE_IMG_SIZE = 256
-"""Face-crop side [px] on the reference sensor (the lens presets' pixel pitch)."""
+from optics.lens import Lens
 
 FACE_WIDTH_FRACTION = 0.66
 """Face width over the crop side of the aligned crops: data.align puts the eye centres 0.30 of the side apart,
@@ -52,62 +44,6 @@ DEFAULT_PRIVACY_BAND = (4.0, None)
 c/face of human studies because a machine attacker with a small gallery still re-identifies from coarser
 content: on 36 held-out embedded faces, dlib re-identifies 16 x 16 captures (<= 5.3 c/face) 64 % of the time
 (benchmarks/stage1_privacy_utility.py)."""
-
-
-def psf_binning(img_size: int, reference_size: int = REFERENCE_IMG_SIZE) -> int:
-    """Sensor binning factor k = reference_size / img_size (>= 1).
-
-    Raises:
-        ValueError: img_size does not divide reference_size (and is smaller than it).
-    """
-    if img_size >= reference_size:
-        return 1
-    if reference_size % img_size:
-        raise ValueError(f"img_size {img_size} must divide {reference_size} (the reference sensor side) so that "
-                         "the sensor can be binned by an integer factor")
-    return reference_size // img_size
-
-
-def bin_psf(psf: torch.Tensor, factor: int) -> torch.Tensor:
-    """Sum-pool a PSF by ``factor`` (the PSF seen by a sensor with ``factor`` x larger pixels).
-
-    The window is zero-padded symmetrically about its centre so that the centre pixel (h//2, w//2) maps to the
-    centre of the binned PSF.
-
-    Args:
-        psf: (C, h, w), each channel summing to 1.
-        factor: integer >= 1.
-
-    Returns:
-        (C, ceil(h'/factor), ...) each channel summing to 1, centre at (h_out//2, w_out//2).
-    """
-    if factor == 1:
-        return psf
-    c, h, w = psf.shape
-    pads: list[int] = []
-    for n in (w, h):  # F.pad order: last dim first
-        centre = n // 2
-        before = (factor // 2 - centre) % factor  # centre lands at offset factor // 2 of its bin
-        m = (before + centre) // factor  # index of the centre's bin
-        after = factor * (2 * m + 1) - before - n  # 2m + 1 bins: the centre bin is the middle one
-        if after < 0:
-            before, after = before + factor, after + factor
-        pads += [before, after]
-    padded = F.pad(psf, pads)
-    out = F.avg_pool2d(padded[None], factor)[0] * factor * factor
-    return out / out.sum(dim=(-2, -1), keepdim=True).clamp_min(1e-30)
-
-
-def capture_psf(psf: torch.Tensor, img_size: int) -> torch.Tensor:
-    """The PSF on the capture's pixel grid at ``img_size`` (see the module docstring).
-
-    Args:
-        psf: (C, h, w) at the reference sensor pitch, each channel summing to 1.
-
-    Returns:
-        (C, h', w'), each channel summing to 1.
-    """
-    return bin_psf(psf, psf_binning(img_size))
 
 
 def identity_band_weights(size: int, img_size: int, band: tuple[float, float | None] = DEFAULT_PRIVACY_BAND,
@@ -192,46 +128,3 @@ def psf_regularizer(psf: torch.Tensor, lens: Lens | None) -> dict[str, torch.Ten
     if lens is not None:
         out["phase_step"] = pupil_phase_penalty(lens)
     return out
-
-
-def default_quantize_range(config: LensConfig) -> tuple[float, float]:
-    """Height range [m] of the quantised surface: config.height_range, else +- one design wavelength of phase
-    (+- lambda_d / (n_d - 1), a 2-wave multi-level surface)."""
-    if config.height_range is not None:
-        return float(config.height_range[0]), float(config.height_range[1])
-    from optics.materials import refractive_index
-
-    wave = config.design_wavelength / (refractive_index(config.material, config.design_wavelength) - 1.0)
-    return -wave, wave
-
-
-class QuantizedLens(Lens):
-    """A :class:`Lens` whose surface height is quantised to ``levels`` levels in the forward pass
-    (fabrication-aware training) with a straight-through gradient.
-
-    The quantiser is ``hardware.fabrication.quantize_height_ste`` (the same levels the fabrication export
-    writes), applied to the height sampled on each wavelength's pupil grid. Its state_dict equals the plain
-    Lens's, so a checkpoint stores ``quantize = {"levels", "h_min", "h_max"}`` next to it.
-
-    Args:
-        config: the lens.
-        levels: number of height levels (>= 2).
-        h_range: (h_min, h_max) [m]; default :func:`default_quantize_range`.
-    """
-
-    def __init__(self, config: LensConfig, levels: int, h_range: tuple[float, float] | None = None):
-        super().__init__(config)
-        if int(levels) < 2:
-            raise ValueError(f"quantize_levels must be >= 2 (or 0 = off), got {levels}")
-        self.levels = int(levels)
-        self.h_range = tuple(float(v) for v in (h_range or default_quantize_range(config)))
-
-    def pupil_height(self) -> torch.Tensor:
-        from hardware.fabrication import quantize_height_ste  # fabrication levels, identical to the export
-
-        return quantize_height_ste(super().pupil_height(), self.levels, *self.h_range) * self.aperture
-
-    def height_map(self) -> torch.Tensor:
-        from hardware.fabrication import quantize_height_ste
-
-        return quantize_height_ste(super().height_map(), self.levels, *self.h_range)

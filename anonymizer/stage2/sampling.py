@@ -20,8 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from anonymizer.checkpoint import CheckpointError, checkpoint_path, latest_step, load_checkpoint
-from anonymizer.model import MODEL_KEYS, Nets, build_model
+from data.checkpoint import CheckpointError, checkpoint_path, latest_step, load_checkpoint
+from anonymizer.stage2.model import MODEL_KEYS, Nets, build_model
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ class FrozenOptics:
 
     Attributes:
         camera: ``optics.camera.Camera`` with the capture PSF at the training resolution as a fixed buffer.
-        regressor: ``anonymizer.heatmap.HeatmapRegressor`` (eval, requires_grad False).
+        regressor: ``anonymizer.stage1.heatmap.HeatmapRegressor`` (eval, requires_grad False).
         heatmap: Stage I heatmap metadata {"mode", "sigma", "num_channels", "img_size", ...}.
         source: where they came from (file path or preset name).
     """
@@ -48,21 +48,22 @@ class FrozenOptics:
     source: str
 
 
-def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf_file: str | None = None,
+def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf: torch.Tensor | None = None,
                                   noise: bool = True) -> FrozenOptics:
     """Camera + regressor of a Stage I checkpoint, the PSF binned to the capture grid at ``img_size``.
 
     Args:
         path: ``*_optics.ckpt`` of ``--mode train_optics``.
         img_size: Stage II image side [px]; must equal the regressor's training size.
-        psf_file: optional calibrated PSF (``--psf``) replacing the checkpoint's lens (the regressor stays).
+        psf: optional calibrated (C, h, w) PSF at the sensor pitch (``--psf``, loaded by the caller) replacing the
+            checkpoint's lens (the regressor stays).
         noise: sensor noise on.
 
     Raises:
         ValueError: the regressor was trained at another img_size (names the file).
     """
-    from anonymizer.stage1 import load_optics_checkpoint
-    from anonymizer.stage1_losses import capture_psf
+    from anonymizer.stage1.trainer import load_optics_checkpoint
+    from optics.binning import capture_psf
     from optics.camera import Camera
 
     optic, regressor, meta = load_optics_checkpoint(path)
@@ -70,13 +71,12 @@ def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf_fi
     if heat.get("img_size") not in (None, img_size):
         raise ValueError(f"{path}: the heatmap regressor was trained at img_size {heat['img_size']}, "
                          f"Stage II runs at --img_size {img_size}")
-    if psf_file is not None:
-        from hardware.psf_io import load_calibrated_psf
-
-        optic = load_calibrated_psf(psf_file)
-    psf = capture_psf(Camera(optic).psf().detach().float(), img_size)
-    camera = Camera(psf, noise=noise).requires_grad_(False).eval()
-    return FrozenOptics(camera, regressor.requires_grad_(False).eval(), heat, str(psf_file or path))
+    source = str(path)
+    if psf is not None:
+        optic, source = psf, f"{path} (lens replaced by a measured PSF)"
+    fixed = capture_psf(Camera(optic).psf().detach().float(), img_size)
+    camera = Camera(fixed, noise=noise).requires_grad_(False).eval()
+    return FrozenOptics(camera, regressor.requires_grad_(False).eval(), heat, source)
 
 
 def resolve_stage2_checkpoint(checkpoint: str | os.PathLike, step: int | None = None) -> Path:
@@ -98,7 +98,7 @@ def resolve_stage2_checkpoint(checkpoint: str | os.PathLike, step: int | None = 
 
 
 def load_anonymizer(checkpoint: str | os.PathLike, step: int | None = None, device: str | torch.device = "cpu",
-                    noise: bool = True, psf_file: str | None = None) -> tuple[Nets, nn.Module, nn.Module, dict]:
+                    noise: bool = True, psf: torch.Tensor | None = None) -> tuple[Nets, nn.Module, nn.Module, dict]:
     """Load a trained anonymizer for inference.
 
     Args:
@@ -106,13 +106,14 @@ def load_anonymizer(checkpoint: str | os.PathLike, step: int | None = None, devi
         step: training step when ``checkpoint`` is a folder.
         device: where to put the networks.
         noise: sensor noise of the rebuilt camera.
-        psf_file: optional calibrated PSF (``--psf``) replacing the stored training PSF.
+        psf: optional calibrated (C, h, w) PSF at the sensor pitch (``--psf``, loaded by the caller) replacing
+            the stored training PSF.
 
     Returns:
         (nets_ema, camera, regressor, meta): EMA generator / mapping network / style encoder in eval mode;
         fixed-PSF camera; frozen regressor; meta = {"step", "args", "model", "heatmap", "optics", "path"}.
     """
-    from anonymizer.heatmap import HeatmapRegressor
+    from anonymizer.stage1.heatmap import HeatmapRegressor
     from optics.camera import Camera
 
     path = resolve_stage2_checkpoint(checkpoint, step)
@@ -123,13 +124,12 @@ def load_anonymizer(checkpoint: str | os.PathLike, step: int | None = None, devi
     _, nets_ema = build_model(**{k: state["model"][k] for k in MODEL_KEYS if k in state["model"]})
     nets_ema.load_state_dict(state["nets_ema"])
     nets_ema.to(device).eval()
-    psf = state["psf"].float()
-    if psf_file is not None:
-        from anonymizer.stage1_losses import capture_psf
-        from hardware.psf_io import load_calibrated_psf
+    fixed = state["psf"].float()
+    if psf is not None:
+        from optics.binning import capture_psf
 
-        psf = capture_psf(load_calibrated_psf(psf_file), int(state["model"]["img_size"]))
-    camera = Camera(psf, noise=noise).requires_grad_(False).eval().to(device)
+        fixed = capture_psf(psf.float(), int(state["model"]["img_size"]))
+    camera = Camera(fixed, noise=noise).requires_grad_(False).eval().to(device)
     regressor = HeatmapRegressor(**state["regressor_config"])
     regressor.load_state_dict(state["regressor"])
     regressor.requires_grad_(False).eval().to(device)

@@ -4,8 +4,8 @@ Objective per step (weights are explicit arguments, see :class:`Stage1Config`):
 
     L = L_heatmap(R(Camera(x)), H(teacher(x)))              relative weighted heatmap error, 1 = predict zeros
       + lambda_coord * NME(soft_argmax(R(Camera(x))), teacher(x))     per-landmark mode only
-      + lambda_privacy * L_priv(PSF)                        identity-band power transmitted (stage1_losses)
-      + lambda_psf * (border energy + phase step)(PSF)      buildability / valid simulation (stage1_losses)
+      + lambda_privacy * L_priv(PSF)                        identity-band power transmitted (stage1/losses.py)
+      + lambda_psf * (border energy + phase step)(PSF)      buildability / valid simulation (stage1/losses.py)
 
 Captures use the camera's sensor noise, drawn from a generator seeded by (seed, step); the images of step t
 are a function of (seed, t) (a fresh permutation per epoch). A checkpoint holds the optimisers and the RNG
@@ -30,13 +30,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from anonymizer.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
-from anonymizer.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
-                                num_heatmap_channels, soft_argmax)
-from anonymizer.stage1_losses import (DEFAULT_PRIVACY_BAND, QuantizedLens, capture_psf, privacy_mtf_loss,
-                                      psf_binning, psf_regularizer)
-from optics.lens import Lens, LensConfig
-from optics.materials import refractive_index
+from anonymizer.stage1.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
+                                       num_heatmap_channels, soft_argmax)
+from anonymizer.stage1.losses import DEFAULT_PRIVACY_BAND, privacy_mtf_loss, psf_regularizer
+from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from data.files import plain
+from optics.binning import capture_psf, psf_binning
+from optics.lens import Lens
+from optics.quantize import QuantizedLens, build_lens, lens_from_state  # noqa: F401  (build_lens re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class Stage1Config:
     """Hyper-parameters of Stage I (everything the loop needs; no argparse object).
 
     Attributes:
-        img_size: capture side S [px] (divides 256, see stage1_losses.capture_psf).
+        img_size: capture side S [px] (divides 256, see optics.binning.capture_psf).
         batch_size: images per step.
         heatmap_mode: "grouped" (2 masks) or "landmarks" (one channel per point; enables the NME loss).
         heatmap_sigma: Gaussian sigma [px]; None = img_size / 64 (at least 1).
@@ -122,16 +123,6 @@ def batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> list
     return out
 
 
-def wave_height(config: LensConfig) -> float:
-    """Surface height [m] of one wave of phase at the design wavelength: lambda_d / (n_d - 1)."""
-    return config.design_wavelength / (refractive_index(config.material, config.design_wavelength) - 1.0)
-
-
-def build_lens(config: LensConfig, quantize_levels: int = 0) -> Lens:
-    """A Lens, or a QuantizedLens when ``quantize_levels`` > 0."""
-    return QuantizedLens(config, quantize_levels) if quantize_levels else Lens(config)
-
-
 def rng_state() -> dict[str, Any]:
     """Global RNG states as checkpoint-safe values (tensors, lists, ints)."""
     np_state = np.random.get_state()
@@ -187,8 +178,7 @@ class Stage1Trainer:
             self.lens.requires_grad_(self.train_lens)
         self.opt_lens = None
         if self.train_lens:
-            self.opt_lens = torch.optim.Adam(self.lens.parameters(), lr=config.optics_lr * wave_height(
-                self.lens.config), betas=(0.9, 0.999))
+            self.opt_lens = torch.optim.Adam(self.lens.parameters(), lr=config.optics_lr * self.lens.config.wave_height, betas=(0.9, 0.999))
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._fixed_psf: torch.Tensor | None = None
@@ -325,9 +315,9 @@ class Stage1Trainer:
             psf = self.camera.fixed_psf.detach().cpu()
         return {
             "step": self.step,
-            "args": _plain(self.args),
-            "stage1_config": _plain(asdict(cfg)),
-            "lens_config": _plain(lens.config.to_dict()) if lens is not None else None,
+            "args": plain(self.args, for_json=False),
+            "stage1_config": plain(asdict(cfg), for_json=False),
+            "lens_config": plain(lens.config.to_dict(), for_json=False) if lens is not None else None,
             "lens": {k: v.detach().cpu() for k, v in lens.state_dict().items()} if lens is not None else None,
             "quantize": quant,
             "psf": psf,
@@ -374,17 +364,6 @@ class Stage1Trainer:
         log.info("resumed from %s (step %d)", path, self.step)
 
 
-def _plain(obj: Any) -> Any:
-    """Checkpoint-safe copy: dicts, lists, numbers, strings, None (tuples -> lists, paths -> str)."""
-    if isinstance(obj, dict):
-        return {str(k) if not isinstance(k, int) else k: _plain(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_plain(v) for v in obj]
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
 def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = "cpu"
                            ) -> tuple[Lens | torch.Tensor, HeatmapRegressor, dict[str, Any]]:
     """Load a Stage I checkpoint (frozen, eval mode).
@@ -396,7 +375,7 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
         (optic, regressor, meta): optic is the trained Lens (a QuantizedLens when trained quantised) or, for a
         run on a measured PSF, that (C, h, w) PSF tensor (both accepted by optics.camera.Camera); meta holds
         "heatmap", "psf_binning", "step", "args", "lens_config", "quantize", "stage1_config". The PSF of the
-        captures the regressor was trained on is ``anonymizer.stage1_losses.capture_psf(Camera(optic).psf(),
+        captures the regressor was trained on is ``anonymizer.stage1.losses.capture_psf(Camera(optic).psf(),
         meta["heatmap"]["img_size"])``.
 
     Raises:
@@ -407,11 +386,8 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
         if key not in state:
             raise ValueError(f"{path}: not a Stage I optics checkpoint (no '{key}' key)")
     if state.get("lens") is not None:
-        config = LensConfig.from_dict(dict(state["lens_config"]), source=str(path))
-        quant = state.get("quantize")
-        optic: Lens | torch.Tensor = (QuantizedLens(config, quant["levels"], (quant["h_min"], quant["h_max"]))
-                                      if quant else Lens(config))
-        optic.load_state_dict(state["lens"])
+        optic: Lens | torch.Tensor = lens_from_state(state["lens_config"], state["lens"], state.get("quantize"),
+                                                     source=str(path))
         optic.requires_grad_(False).eval()
     elif state.get("psf") is not None:
         optic = state["psf"].float()

@@ -22,9 +22,9 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from anonymizer import losses as L
+from anonymizer.stage2 import losses as L
 from anonymizer.distributed import DistInfo, wrap_ddp
-from anonymizer.model import Nets
+from anonymizer.stage2.model import Nets
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Solver:
     """Stage II trainer.
 
     Args:
-        nets, nets_ema: from :func:`anonymizer.model.build_model` (moved to ``device`` here).
+        nets, nets_ema: from :func:`anonymizer.stage2.model.build_model` (moved to ``device`` here).
         camera: frozen camera, (B, 3, S, S) in [0, 1] -> capture; wrapped in :class:`FrozenCamera` if it has
             ``psf()``.
         regressor: frozen Stage I heatmap regressor, capture -> (B, K, S, S) in [0, 1].

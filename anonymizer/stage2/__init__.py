@@ -1,0 +1,1 @@
+"""Stage II: the anonymizer networks, losses, solver, sampling and checkpoint format."""
