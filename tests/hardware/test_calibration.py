@@ -7,7 +7,7 @@ import pytest
 from hardware.calibration import (CleaningConfig, SaturatedPSFError, area_matrix, centroid, clean_measurement,
                                   to_calibrated)
 from optics.analysis import centroid as psf_centroid
-from tests.hardware.conftest import gaussian_spot, measurement
+from tests.helpers import gaussian_spot, measurement
 
 PITCH = 3.0e-6
 

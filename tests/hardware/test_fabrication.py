@@ -11,7 +11,7 @@ from hardware.fabrication import (FabricationFileError, export_height_map, impor
                                   lens_with_height_map, level_step, quantization_report, quantize_height,
                                   quantize_height_ste)
 from optics.lens import Lens
-from tests.hardware.conftest import WAVE_HEIGHT, small_lens_config
+from tests.helpers import WAVE_HEIGHT, small_lens_config
 
 
 @settings(max_examples=60, deadline=None)

@@ -9,7 +9,7 @@ from hardware.calibration import CleaningConfig, clean_measurement
 from hardware.fit import FitConfig, LensFitter, fit_lens
 from optics.analysis import centroid as psf_centroid
 from optics.lens import Lens
-from tests.hardware.conftest import WAVE_HEIGHT, measurement, small_lens_config, synthetic_psf_frames
+from tests.helpers import WAVE_HEIGHT, measurement, small_lens_config, synthetic_psf_frames
 
 DEPTHS = [5.0, 3.0]
 TRUTH = {4: 0.30 * WAVE_HEIGHT, 6: 0.20 * WAVE_HEIGHT, 8: -0.15 * WAVE_HEIGHT}

@@ -9,7 +9,7 @@ import torch
 
 from hardware.psf_io import PSFFileError, load_calibrated_psf, load_capture, load_psf_dir, save_calibrated_psf
 from hardware.pngio import encode_png, read_png
-from tests.hardware.conftest import write_capture
+from tests.helpers import write_capture
 
 
 def test_png16_rgb_roundtrip_all_filters(tmp_path, rng):

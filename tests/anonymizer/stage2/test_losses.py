@@ -10,7 +10,7 @@ from anonymizer.stage2 import losses as L
 from anonymizer.stage1.heatmap import HeatmapRegressor
 from anonymizer.stage2.model import Discriminator, build_model
 from optics.camera import Camera
-from tests.anonymizer.conftest import gaussian_psf
+from tests.helpers import gaussian_psf
 
 
 def frozen_optics(channels: int = 2) -> tuple[Camera, HeatmapRegressor]:
