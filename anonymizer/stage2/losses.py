@@ -31,8 +31,9 @@ def r1_penalty(d_out: torch.Tensor, x_in: torch.Tensor) -> torch.Tensor:
     """
     if not x_in.requires_grad:
         raise ValueError("r1_penalty: x_in must require grad (call x.requires_grad_() before D)")
-    (grad,) = torch.autograd.grad(d_out.float().sum(), x_in, create_graph=True)
-    return 0.5 * grad.float().pow(2).reshape(len(grad), -1).sum(1).mean()
+    wide = torch.promote_types(d_out.dtype, torch.float32)  # bf16 under AMP -> float32; float64 stays float64
+    (grad,) = torch.autograd.grad(d_out.to(wide).sum(), x_in, create_graph=True)
+    return 0.5 * grad.to(wide).pow(2).reshape(len(grad), -1).sum(1).mean()
 
 
 def style_reconstruction_loss(style_pred: torch.Tensor, style_target: torch.Tensor) -> torch.Tensor:
