@@ -178,6 +178,16 @@ def _add_export(parser: argparse.ArgumentParser) -> None:
                         "(short runs, where the EMA is still mostly its initialisation)")
 
 
+def _add_safety(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("safety (see README: Safety)")
+    g.add_argument("--overwrite", action="store_true",
+                   help="train / train_optics: delete the checkpoints of another run in --checkpoint_dir and start "
+                        "afresh; export: replace the release files already in --out")
+    g.add_argument("--trust_fid_weights", action="store_true",
+                   help="load a --fid_weights TorchScript file whose sha256 is not a known FID Inception "
+                        "(torch.jit.load runs code from the file)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -185,7 +195,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval,
-                _add_export):
+                _add_export, _add_safety):
         add(parser)
     return parser
 
@@ -207,10 +217,20 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=getattr(logging, args.log_level),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    module = importlib.import_module(f"pipelines.{MODES[args.mode]}")
+    from pipelines import safety
+
+    safety.PROGRESS.reset()
     try:
-        module.run(args)
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        with safety.signal_handlers():  # SIGTERM -> KeyboardInterrupt, so temp files / staging are cleaned up
+            safety.check_args(args)  # every argument and output folder, before any work
+            module = importlib.import_module(f"pipelines.{MODES[args.mode]}")
+            safety.run_mode(module.run, args)
+    except KeyboardInterrupt as err:
+        if args.log_level == "DEBUG":
+            raise
+        logging.getLogger("main").error("%s", safety.PROGRESS.message(str(err) or "SIGINT"))
+        return safety.exit_code(err)
+    except (OSError, ValueError, RuntimeError) as err:
         # Library code raises errors that name the file / key and the problem: show that, not a traceback.
         if args.log_level == "DEBUG":
             raise

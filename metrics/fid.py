@@ -24,6 +24,7 @@ Reference statistics are cached as ``.npz`` with keys ``mu`` (2048,) and ``sigma
 """
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
@@ -170,6 +171,9 @@ def _pytorch_fid_inception(path: Path) -> nn.Module:
     try:
         return inception.InceptionV3([inception.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]], resize_input=False,
                                      normalize_input=True, use_fid_inception=True)
+    except Exception as err:  # unpickling errors, truncated files, a state dict of another network
+        raise ValueError(f"{path}: not pytorch-fid's Inception weights (pt_inception-2015-12-05-*.pth): "
+                         f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}") from err
     finally:
         inception.load_state_dict_from_url = original
 
@@ -229,10 +233,24 @@ def fid_from_features(features: np.ndarray, mu_ref: np.ndarray, sigma_ref: np.nd
     return frechet_distance(mu, sigma, mu_ref, sigma_ref)
 
 
-def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, backend: str, num_images: int) -> Path:
-    """Write ``.npz`` with ``mu``, ``sigma`` (pytorch-fid --save-stats layout) + ``backend``, ``num_images``."""
+def images_hash(images: Sequence[np.ndarray]) -> str:
+    """sha256 of an image list (order, shapes and float32 pixel values): the key of a statistics cache."""
+    h = hashlib.sha256()
+    for img in images:
+        arr = np.ascontiguousarray(np.asarray(img, dtype=np.float32))
+        h.update(str(arr.shape).encode())
+        h.update(arr.tobytes())
+    return h.hexdigest()
+
+
+def save_statistics(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, backend: str, num_images: int,
+                    images_sha256: str | None = None) -> Path:
+    """Write ``.npz`` with ``mu``, ``sigma`` (pytorch-fid --save-stats layout) + ``backend``, ``num_images`` and
+    ``images_sha256`` (:func:`images_hash` of the images, when given)."""
+    extra = {} if images_sha256 is None else {"images_sha256": np.array(images_sha256)}
+
     def write(fh) -> None:
-        np.savez(fh, mu=mu, sigma=sigma, backend=np.array(backend), num_images=np.array(num_images))
+        np.savez(fh, mu=mu, sigma=sigma, backend=np.array(backend), num_images=np.array(num_images), **extra)
 
     return atomic_write(path, write)
 
@@ -280,15 +298,33 @@ def reference_statistics(images: Sequence[np.ndarray] | None, extractor: Incepti
 
     Returns:
         ``(mu (2048,), sigma (2048, 2048))``.
+
+    Raises:
+        FIDStatsError: the cache was computed from other images than ``images`` (its ``images_sha256`` or, for a
+            file without one, its ``num_images`` differs): the file is left alone, the run refused.
     """
+    key = images_hash(images) if images is not None else None
     if cache is not None and Path(cache).is_file():
         mu, sigma, n = load_statistics(cache, extractor.backend)
+        if key is not None:
+            with np.load(cache, allow_pickle=False) as z:
+                stored = str(z["images_sha256"]) if "images_sha256" in z.files else None
+            if stored is not None and stored != key:
+                raise FIDStatsError(f"{cache}: statistics of other images ({n} images, sha256 {stored[:12]}...) "
+                                    f"than the {len(images)} in use (sha256 {key[:12]}...); delete the file or "
+                                    "choose another --fid_stats")
+            if stored is None and n not in (-1, len(images)):
+                raise FIDStatsError(f"{cache}: statistics of {n} images, but {len(images)} reference images are in "
+                                    "use; delete the file or choose another --fid_stats")
+            if stored is None:
+                log.warning("%s: no image-list hash recorded (older or pytorch-fid file): cannot check that it "
+                            "holds the statistics of these %d images", cache, len(images))
         log.info("FID reference statistics from %s (%d images)", cache, n)
         return mu, sigma
     if images is None:
         raise FileNotFoundError(f"{cache}: no cached FID statistics and no reference images given")
     mu, sigma = statistics(extractor.features(images))
     if cache is not None:
-        save_statistics(cache, mu, sigma, extractor.backend, len(images))
+        save_statistics(cache, mu, sigma, extractor.backend, len(images), key)
         log.info("FID reference statistics of %d images saved to %s", len(images), cache)
     return mu, sigma

@@ -20,18 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from pipelines.safety import MAX_FIT_NOLL, final_path, parse_indices  # noqa: F401  (re-exported)
+
 log = logging.getLogger(__name__)
-
-
-def parse_indices(text: str) -> list[int]:
-    """'4,5,6' -> [4, 5, 6] (clear error on anything else)."""
-    try:
-        out = [int(t) for t in str(text).replace(" ", "").split(",") if t]
-    except ValueError:
-        raise ValueError(f"--fit_zernike {text!r}: expected a comma list of Noll indices, e.g. 4,5,6") from None
-    if any(j < 1 for j in out):
-        raise ValueError(f"--fit_zernike {text!r}: Noll indices start at 1")
-    return out
 
 
 def run(args: argparse.Namespace) -> None:
@@ -43,6 +34,9 @@ def run(args: argparse.Namespace) -> None:
     from pipelines.fabricate import load_lens
 
     out = Path(args.out or "results/calibrate")
+    zernike = parse_indices(args.fit_zernike)  # validated before anything is written
+    if args.fit_iters < 1:
+        raise ValueError(f"--fit_iters must be >= 1, got {args.fit_iters}")
     lens = load_lens(args.lens, getattr(args, "object_distance", None))
     cfg = lens.config
     n_ch = int(lens.response.shape[0])
@@ -66,7 +60,7 @@ def run(args: argparse.Namespace) -> None:
     if len(depths) > 1:
         save_npy(out / "calibrated_psf_stack.npy", calibrated.astype(np.float32))
 
-    fit_cfg = FitConfig(zernike=parse_indices(args.fit_zernike), iters=args.fit_iters)
+    fit_cfg = FitConfig(zernike=zernike, iters=args.fit_iters)
     result = fit_lens(lens, cleaned.psf_fit, depths, fit_cfg)
     save_npy(out / "residual.npy", result.residual.astype(np.float32))
 
@@ -113,7 +107,7 @@ def run(args: argparse.Namespace) -> None:
     else:
         log.info("the lens has a pixel height map: no fitted_lens.yaml (fit.json holds the fitted Zernike terms)")
     save_figure(out / "calibration.png", _figure(cleaned.psf_fit, result.fitted, result.residual, depths))
-    log.info("calibrate: wrote %s (residual %.4g relative RMS)", out, result.residual_rms_relative)
+    log.info("calibrate: wrote %s (residual %.4g relative RMS)", final_path(out), result.residual_rms_relative)
 
 
 def _finite(obj: Any) -> Any:

@@ -24,6 +24,7 @@ import numpy as np
 
 from data.files import save_json, save_text
 from data.images import ImageReadError, list_images, read_image
+from pipelines.safety import final_path
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +124,11 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out or getattr(args, "eval_dir", None) or "expr/eval")
     device = str(resolve_device(args.device))
 
+    warnings = []
+    if Path(args.gen_dir).resolve() == Path(args.real_dir).resolve():
+        warnings.append(f"--gen_dir and --real_dir are the same folder ({args.gen_dir}): every image is scored "
+                        "against itself (FID 0, every face found and re-identified); these are not results")
+        log.warning("WARNING: %s", warnings[-1])
     generated, originals, names, skipped = pair_folders(args.gen_dir, args.real_dir, args.max_images)
     log.info("evaluating %d pairs (%d skipped)", len(names), len(skipped))
     evaluator = Evaluator(originals, names, detectors=detectors, fid=True, fid_stats=args.fid_stats,
@@ -141,6 +147,7 @@ def run(args: argparse.Namespace) -> None:
         "methods": methods,
         "num_pairs": len(names),
         "skipped": skipped,
+        "warnings": warnings,
         "settings": {"gen_dir": str(args.gen_dir), "real_dir": str(args.real_dir), "detectors": detectors,
                      "baselines": baselines, "attacks": attacks, "fid_stats": args.fid_stats,
                      "fid_backend": evaluator.extractor.backend if evaluator.extractor is not None else None,
@@ -148,9 +155,13 @@ def run(args: argparse.Namespace) -> None:
     })
     save_json(out / "eval.json", result)
     table = markdown_table(methods, detectors)
-    save_text(out / "eval.md", f"# Evaluation: {args.gen_dir} vs {args.real_dir}\n\n{table}")
+    notes = "".join(f"**WARNING**: {w}\n\n" for w in warnings)
+    save_text(out / "eval.md", f"# Evaluation: {args.gen_dir} vs {args.real_dir}\n\n{notes}{table}")
     print(table)
-    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'} ({len(names)} pairs, {len(skipped)} skipped)")
+    for w in warnings:
+        print(f"WARNING: {w}")
+    print(f"wrote {final_path(out / 'eval.json')} and {final_path(out / 'eval.md')} ({len(names)} pairs, "
+          f"{len(skipped)} skipped)")
 
 
 def run_checkpoint(args: argparse.Namespace) -> None:
@@ -168,4 +179,4 @@ def run_checkpoint(args: argparse.Namespace) -> None:
     table = markdown_table(methods, attribute_info=info.get("attribute"))
     save_text(out / "eval.md", f"# Evaluation of {info['checkpoint']} (step {info['step']})\n\n{table}")
     print(table)
-    print(f"wrote {out / 'eval.json'} and {out / 'eval.md'}")
+    print(f"wrote {final_path(out / 'eval.json')} and {final_path(out / 'eval.md')}")

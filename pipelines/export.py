@@ -16,6 +16,7 @@ from pathlib import Path
 
 from data.checkpoint import load_checkpoint, save_checkpoint
 from pipelines.common import SHIPPED_ANONYMIZER, SHIPPED_OPTICS
+from pipelines.safety import final_path
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +61,26 @@ def export_anonymizer(src: str | Path, dst: str | Path, step: int | None = None,
 
 
 def run(args: argparse.Namespace) -> None:
-    out = Path(args.out or SHIPPED_OPTICS.parent)
+    """Write the release checkpoints to ``--out`` (required; ``main`` stages the folder, so both files appear or
+    neither). Both sources are validated before anything is written."""
+    if not args.out:
+        raise ValueError(f"--mode export requires --out DIR (the shipped {SHIPPED_OPTICS.parent} is never written "
+                         "implicitly)")
+    out = Path(args.out)
     if not args.optics_checkpoint and not args.checkpoint_dir:
         raise ValueError("--mode export needs --optics_checkpoint and/or --checkpoint_dir")
     if args.optics_checkpoint:
+        from anonymizer.stage1.trainer import load_optics_checkpoint
+
+        load_optics_checkpoint(args.optics_checkpoint)
+    if args.checkpoint_dir:
+        from anonymizer.stage2.sampling import load_anonymizer, resolve_stage2_checkpoint
+
+        load_anonymizer(resolve_stage2_checkpoint(args.checkpoint_dir, args.resume_iter or None))
+    if args.optics_checkpoint:
         p = export_optics(args.optics_checkpoint, out / SHIPPED_OPTICS.name)
-        log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
+        log.info("wrote %s (%.1f MB)", final_path(p), p.stat().st_size / 1e6)
     if args.checkpoint_dir:
         p = export_anonymizer(args.checkpoint_dir, out / SHIPPED_ANONYMIZER.name, args.resume_iter or None,
                               args.export_weights)
-        log.info("wrote %s (%.1f MB)", p, p.stat().st_size / 1e6)
+        log.info("wrote %s (%.1f MB)", final_path(p), p.stat().st_size / 1e6)

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import load_optic
+from pipelines.safety import final_path
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def run(args: argparse.Namespace) -> None:
                               extra={"lens": str(args.lens), "lens_config": cfg.to_dict()})
     imported, meta = import_height_map(paths["png"])
     report = quantization_report(lens, imported, meta)
-    report["files"] = {k: str(v) for k, v in paths.items()}
+    report["files"] = {k: str(final_path(v)) for k, v in paths.items()}  # where they are once the run has finished
     save_json(out / "fabrication_report.json", report)
     save_figure(out / "fabrication.png", _figure(height, imported, mask, report))
     log.info("fabrication: %d levels, step %.4g m, PSF change %.4g (relative RMS), Strehl %.4f",

@@ -138,6 +138,10 @@ def _template_info(img_size: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ align mode
+MIN_ALIGN_SIDE = 20
+"""Images with a shorter side [px] are skipped (reported as too small): MTCNN's smallest window is 12 px."""
+
+
 def align_folder(inp_dir: str | os.PathLike, out_dir: str | os.PathLike, img_size: int = 256,
                  detector=None, device: str = "cpu", batch_size: int = 16) -> dict:
     """Detect, align and crop every image under ``inp_dir`` into ``out_dir`` (PNG, same relative names).
@@ -165,6 +169,8 @@ def align_folder(inp_dir: str | os.PathLike, out_dir: str | os.PathLike, img_siz
         raise FileNotFoundError(f"{inp}: input folder does not exist")
     if out.resolve() == inp.resolve():
         raise ValueError(f"{out}: the output folder must differ from the input folder")
+    if inp.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"{out}: the output folder contains the input folder {inp}; choose one outside it")
     files = sorted((p for p in inp.rglob("*") if p.is_file()), key=lambda p: p.relative_to(inp).as_posix())
     files = [p for p in files if not any(part.startswith(".") for part in p.relative_to(inp).parts)]
     try:  # never re-align our own output when out_dir lies inside inp_dir
@@ -183,11 +189,17 @@ def align_folder(inp_dir: str | os.PathLike, out_dir: str | os.PathLike, img_siz
         for p in images[b:b + batch_size]:
             rel = p.relative_to(inp).as_posix()
             try:
-                arrays.append(read_image(p))
-                batch.append(p)
+                arr = read_image(p)
             except ImageReadError as err:
                 failures.append({"file": rel, "reason": f"unreadable: {err}"})
-        for p, arr, lm in zip(batch, arrays, face_landmarks(detector, arrays)):
+                continue
+            if min(arr.shape[:2]) < MIN_ALIGN_SIDE:
+                failures.append({"file": rel, "reason": f"too small: {arr.shape[1]}x{arr.shape[0]} px (a face "
+                                                        f"needs at least {MIN_ALIGN_SIDE} px)"})
+                continue
+            arrays.append(arr)
+            batch.append(p)
+        for p, arr, lm in zip(batch, arrays, face_landmarks(detector, arrays) if arrays else []):
             rel = p.relative_to(inp).as_posix()
             if lm is None:
                 failures.append({"file": rel, "reason": "no face"})

@@ -22,6 +22,7 @@ from pathlib import Path
 import torch
 
 from pipelines.common import measured_psf, resolve_device
+from pipelines.safety import final_path, unique_stems
 
 log = logging.getLogger(__name__)
 
@@ -62,17 +63,18 @@ def run(args: argparse.Namespace) -> None:
     label_of = reference_labels(refs.domains, trained, num_domains, args.ref_dir)
     ref_images = torch.stack([refs.load(i) for i in range(len(refs))]).to(device)
     ref_y = torch.tensor([label_of[t] for t in refs.targets], device=device)
-    ref_names = [Path(f).stem for f in refs.files]
+    ref_names = unique_stems([Path(f) for f in refs.files])  # a.png / a.jpg: two outputs, not one
     gen = torch.Generator().manual_seed(args.seed)
     n_out = max(1, args.num_outs_per_domain)
     z = torch.randn(num_domains * n_out, latent_dim, generator=gen).to(device)
     z_y = torch.arange(num_domains, device=device).repeat_interleave(n_out)
     out = Path(args.result_dir)
+    src_names = unique_stems([Path(f) for f in sources.files])
     written = 0
     for g, start in enumerate(range(0, len(sources), ROWS_PER_GRID)):
         idx = list(range(start, min(start + ROWS_PER_GRID, len(sources))))
         images = torch.stack([sources.load(i) for i in idx]).to(device)
-        names = [Path(sources.files[i]).stem for i in idx]
+        names = [src_names[i] for i in idx]
         by_ref = anonymize(nets_ema, camera, regressor, images, ref_images, ref_y)
         by_z = anonymize(nets_ema, camera, regressor, images, z, z_y)
         hm = heatmap_rgb(by_ref.heatmap)
@@ -91,4 +93,4 @@ def run(args: argparse.Namespace) -> None:
     save_json(out / "sample.json", {"checkpoint": meta["path"], "step": meta["step"], "sources": written,
                                     "references": [str(f) for f in refs.files], "latents_per_domain": n_out,
                                     "noise": not args.no_noise, "psf": args.psf})
-    log.info("wrote %d sources x (%d references + %d latents) to %s", written, len(ref_names), len(z), out)
+    log.info("wrote %d sources x (%d references + %d latents) to %s", written, len(ref_names), len(z), final_path(out))

@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> None:
     """Simulate the PSF of ``args.lens`` (or load ``args.psf``) and write the outputs to ``args.out``."""
     from data.files import save_figure, save_image, save_json, save_npy
     from pipelines.common import build_camera, resolve_device, seed_everything
+    from pipelines.safety import final_path
 
     if not args.out:
         raise ValueError("--mode simulate requires --out DIR")
@@ -134,6 +135,7 @@ def run(args: argparse.Namespace) -> None:
         from tqdm import tqdm
 
         from data.images import list_images, read_image, to_numpy, to_tensor
+        from pipelines.safety import unique_stems
 
         files = list_images(args.images)
         if not files:
@@ -141,11 +143,13 @@ def run(args: argparse.Namespace) -> None:
         gen = torch.Generator(device=device).manual_seed(args.seed)
         with torch.no_grad():
             psf_dev = psf_t.float().to(device)
-            for path in tqdm(files, desc="simulate", unit="img"):
+            names = unique_stems(files)  # a.png and a.jpg -> a_png.png, a_jpg.png (never one over the other)
+            for path, name in zip(tqdm(files, desc="simulate", unit="img"), names):
                 img = to_tensor(read_image(path)).to(device)
                 capture = camera(img, psf=psf_dev, generator=gen)
-                save_image(out / "captures" / f"{path.stem}.png", to_numpy(capture[0]))
+                save_image(out / "captures" / f"{name}.png", to_numpy(capture[0]))
         summary["captures"] = len(files)
+        summary["capture_files"] = {str(p): f"captures/{n}.png" for p, n in zip(files, names)}
     save_json(out / "summary.json", summary)
-    log.info("simulate: wrote %s (PSF %s, FWHM %s px)", out, tuple(psf.shape),
+    log.info("simulate: wrote %s (PSF %s, FWHM %s px)", final_path(out), tuple(psf.shape),
              ", ".join(f"{r['fwhm_px']:.1f}" for r in summary["channels"]))

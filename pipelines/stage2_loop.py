@@ -15,6 +15,7 @@ from anonymizer.stage2.solver import Solver, StepData, TrainOptions, run_steps
 from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from data.files import plain
 from pipelines.common import init_wandb
+from pipelines.safety import PROGRESS, STAGE2_ARCH, prepare_training_dir
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +134,8 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
             log.warning("embedded face set: %d domain(s), using --num_domains %d instead of %d", found, found,
                         args.num_domains)
             args.num_domains = found
+    if info.is_main:  # one run per folder; a resume must keep the architecture (sets args.run_id)
+        prepare_training_dir(ckpt_dir, STAGE2_NAME, args, STAGE2_ARCH)
     source, reference, val = load_datasets(train_dir, val_dir, args.img_size, args.num_domains, args.seed)
     if info.is_main:
         optics = build_optics(args, ckpt_dir, device, True)
@@ -159,7 +162,10 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
 
     probe: FIDProbe | None = None
 
+    PROGRESS.step = PROGRESS.saved = args.resume_iter
+
     def on_step(step: int, logs: dict[str, float]) -> None:
+        PROGRESS.step = step
         if step % max(1, args.print_every) == 0 or step == args.total_iters:
             logs = mean_over_ranks(logs, info, device)
             if info.is_main:
@@ -182,6 +188,7 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
                 wandb_run.log({"val/fid": fid}, step=step)
         if step % max(1, args.save_every) == 0 or step == args.total_iters:
             save_stage2(ckpt_dir, solver, optics, step, saved_args)
+            PROGRESS.saved = step
 
     run_steps(solver, data, args.resume_iter, args.total_iters, on_step, progress=info.is_main)
     barrier(info)

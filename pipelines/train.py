@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> None:
     if not 0 <= args.resume_iter <= args.total_iters:
         raise ValueError(f"--resume_iter {args.resume_iter} must be in [0, --total_iters {args.total_iters}]")
     if args.img_size not in (32, 64, 128, 256, 512):
-        raise ValueError(f"--img_size must be 64, 128 or 256, got {args.img_size}")
+        raise ValueError(f"--img_size must be one of 32, 64, 128, 256, 512, got {args.img_size}")
     info, device = init_distributed(resolve_device(args.device))
     try:
         train_stage2(args, info, device)

@@ -4,7 +4,13 @@
         [--train_img_dir DIR --val_img_dir DIR] [--lens face-deid | LENS.yaml | STAGE1.ckpt] [--psf PSF.npy]
         [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX]
         [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
-        [--quantize_levels N] [--resume_iter K] [--wandb]
+        [--quantize_levels N] [--lambda_adv W --adversary_base 16 --adversary_depth 3 --adversary_lr 1e-3
+         --adversary_steps 1 --inverter_loss band] [--resume_iter K] [--wandb]
+
+``--lambda_adv > 0`` trains the lens against an inverter adversary (anonymizer/stage1/losses.py explains the
+objective). ``--quantize_levels N`` trains through the N-level height quantiser of the fabrication export; the
+lens' height range is then fixed to +- one design wave (unless the lens file sets one), so that
+``--mode fabricate --levels N`` writes exactly the levels the lens was trained with.
 
 Without image folders the embedded face set is used (pipelines.faces.default_face_dirs). Checkpoints
 (``<step>_optics.ckpt``), sample grids (``samples/<step>_stage1.png``: clean | capture | predicted heatmap |
@@ -20,6 +26,7 @@ from typing import Any
 
 from data.files import save_image, save_json
 from pipelines.common import build_camera, image_dirs, init_wandb, resolve_device, seed_everything
+from pipelines.safety import PROGRESS, STAGE1_ARCH, prepare_training_dir
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +34,19 @@ DEFAULT_CHECKPOINT_DIR = "expr/optics"
 REGRESSOR = {"base": 16, "depth": 3}
 
 
-def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], name: str):
-    """Scan a folder (corrupt files skipped and reported), run / read the teacher, return a FaceLandmarkSet."""
+def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], name: str, min_images: int = 1):
+    """Scan a folder (corrupt files skipped and reported), run / read the teacher, return a FaceLandmarkSet.
+
+    Raises:
+        ValueError: fewer than ``min_images`` readable images (checked before the teacher runs), or no face.
+    """
     from anonymizer.stage1.trainer import FaceLandmarkSet
     from data.datasets import SourceDataset, scan
 
     scanned = scan(folder)
     dataset = SourceDataset(scanned, img_size, augment=False, cache=True)
+    if len(dataset) < min_images:
+        raise ValueError(f"{folder}: {len(dataset)} images, fewer than one batch (--batch_size {min_images})")
     result = teacher.landmarks_for_files(dataset.files, img_size)
     report[name] = {"folder": str(folder), "num_images": len(dataset), "num_skipped": scanned.num_skipped,
                     "skipped": [{"file": str(p), "reason": r} for p, r in scanned.skipped],
@@ -48,8 +61,20 @@ def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], 
 def build_stage1_camera(args: argparse.Namespace):
     """The trainable Stage I camera with sensor noise (:func:`pipelines.common.build_camera`): measured PSF
     (--psf), or a lens from a preset / YAML / Stage I checkpoint, quantisation-aware with --quantize_levels."""
-    return build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
-                        quantize_levels=args.quantize_levels, trainable=True)
+    from optics.camera import Camera
+    from optics.quantize import QuantizedLens, default_quantize_range
+
+    camera = build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
+                          quantize_levels=args.quantize_levels, trainable=True)
+    lens = camera.lens
+    if isinstance(lens, QuantizedLens) and lens.config.height_range is None:
+        # record the quantiser's range in the lens config: fabricate's export then uses the same levels
+        config = lens.config.replace(height_range=list(default_quantize_range(lens.config)))
+        fixed = QuantizedLens(config, lens.levels, lens.h_range)
+        fixed.load_state_dict(lens.state_dict())
+        fixed.requires_grad_(True)
+        camera = Camera(fixed, noise=True)
+    return camera
 
 
 def stage1_config(args: argparse.Namespace, num_landmarks: int):
@@ -78,11 +103,12 @@ def run(args: argparse.Namespace) -> None:
     train_dir, val_dir = image_dirs(args.train_img_dir, args.val_img_dir, args.img_size)
     teacher = LandmarkTeacher(args.teacher, device=str(device))
     report: dict[str, Any] = {"teacher": args.teacher, "img_size": args.img_size}
-    train_set = load_face_set(train_dir, args.img_size, teacher, report, "train")
+    train_set = load_face_set(train_dir, args.img_size, teacher, report, "train", min_images=args.batch_size)
     val_set = load_face_set(val_dir, args.img_size, teacher, report, "val") if val_dir else None
     save_json(ckpt_dir / "stage1_data.json", report)
 
     run_ = init_wandb(args.wandb, "train_optics", vars(args))
+    prepare_training_dir(ckpt_dir, "optics", args, STAGE1_ARCH)  # one run per folder; sets args.run_id
     logger = None if run_ is None else (lambda step, values: run_.log(values, step=step))  # noqa: E731
 
     camera = build_stage1_camera(args)
@@ -95,10 +121,11 @@ def run(args: argparse.Namespace) -> None:
                total=args.total_iters)
     for _ in bar:
         values = trainer.train_step()
-        step = trainer.step
+        step = PROGRESS.step = trainer.step
         bar.set_postfix(loss=f"{values['total']:.4f}", priv=f"{values.get('privacy', float('nan')):.2e}")
         if step % max(1, args.print_every) == 0:
             log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
+    PROGRESS.step = PROGRESS.saved = trainer.step
         if logger is not None:
             logger(step, {f"train/{k}": v for k, v in values.items()})
         if val_set is not None and (step % max(1, args.sample_every) == 0 or step == args.total_iters):
@@ -115,3 +142,5 @@ def run(args: argparse.Namespace) -> None:
     trainer.save()
     if run_ is not None:
         run_.finish()
+            PROGRESS.saved = step
+    PROGRESS.saved = trainer.step
