@@ -4,13 +4,7 @@
         [--train_img_dir DIR --val_img_dir DIR] [--lens face-deid | LENS.yaml | STAGE1.ckpt] [--psf PSF.npy]
         [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX]
         [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
-        [--quantize_levels N] [--lambda_adv W --adversary_base 16 --adversary_depth 3 --adversary_lr 1e-3
-         --adversary_steps 1 --inverter_loss band] [--resume_iter K] [--wandb]
-
-``--lambda_adv > 0`` trains the lens against an inverter adversary (anonymizer/stage1/losses.py explains the
-objective). ``--quantize_levels N`` trains through the N-level height quantiser of the fabrication export; the
-lens' height range is then fixed to +- one design wave (unless the lens file sets one), so that
-``--mode fabricate --levels N`` writes exactly the levels the lens was trained with.
+        [--quantize_levels N] [--resume_iter K] [--wandb]
 
 Without image folders the embedded face set is used (pipelines.faces.default_face_dirs). Checkpoints
 (``<step>_optics.ckpt``), sample grids (``samples/<step>_stage1.png``: clean | capture | predicted heatmap |
@@ -61,20 +55,8 @@ def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], 
 def build_stage1_camera(args: argparse.Namespace):
     """The trainable Stage I camera with sensor noise (:func:`pipelines.common.build_camera`): measured PSF
     (--psf), or a lens from a preset / YAML / Stage I checkpoint, quantisation-aware with --quantize_levels."""
-    from optics.camera import Camera
-    from optics.quantize import QuantizedLens, default_quantize_range
-
-    camera = build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
-                          quantize_levels=args.quantize_levels, trainable=True)
-    lens = camera.lens
-    if isinstance(lens, QuantizedLens) and lens.config.height_range is None:
-        # record the quantiser's range in the lens config: fabricate's export then uses the same levels
-        config = lens.config.replace(height_range=list(default_quantize_range(lens.config)))
-        fixed = QuantizedLens(config, lens.levels, lens.h_range)
-        fixed.load_state_dict(lens.state_dict())
-        fixed.requires_grad_(True)
-        camera = Camera(fixed, noise=True)
-    return camera
+    return build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
+                        quantize_levels=args.quantize_levels, trainable=True)
 
 
 def stage1_config(args: argparse.Namespace, num_landmarks: int):
@@ -100,6 +82,7 @@ def run(args: argparse.Namespace) -> None:
     device = resolve_device(args.device)
     seed_everything(args.seed)
     ckpt_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
+    prepare_training_dir(ckpt_dir, "optics", args, STAGE1_ARCH)  # one run per folder; sets args.run_id
     train_dir, val_dir = image_dirs(args.train_img_dir, args.val_img_dir, args.img_size)
     teacher = LandmarkTeacher(args.teacher, device=str(device))
     report: dict[str, Any] = {"teacher": args.teacher, "img_size": args.img_size}
@@ -108,7 +91,6 @@ def run(args: argparse.Namespace) -> None:
     save_json(ckpt_dir / "stage1_data.json", report)
 
     run_ = init_wandb(args.wandb, "train_optics", vars(args))
-    prepare_training_dir(ckpt_dir, "optics", args, STAGE1_ARCH)  # one run per folder; sets args.run_id
     logger = None if run_ is None else (lambda step, values: run_.log(values, step=step))  # noqa: E731
 
     camera = build_stage1_camera(args)
@@ -117,6 +99,7 @@ def run(args: argparse.Namespace) -> None:
                             teacher=args.teacher)
     if args.resume_iter:
         trainer.resume(args.resume_iter)
+    PROGRESS.step = PROGRESS.saved = trainer.step
     bar = tqdm(range(trainer.step, args.total_iters), desc="train_optics", initial=trainer.step,
                total=args.total_iters)
     for _ in bar:
@@ -125,7 +108,6 @@ def run(args: argparse.Namespace) -> None:
         bar.set_postfix(loss=f"{values['total']:.4f}", priv=f"{values.get('privacy', float('nan')):.2e}")
         if step % max(1, args.print_every) == 0:
             log.info("step %d: %s", step, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
-    PROGRESS.step = PROGRESS.saved = trainer.step
         if logger is not None:
             logger(step, {f"train/{k}": v for k, v in values.items()})
         if val_set is not None and (step % max(1, args.sample_every) == 0 or step == args.total_iters):
@@ -139,8 +121,8 @@ def run(args: argparse.Namespace) -> None:
                               **({"val/nme": metrics["nme"]} if metrics["nme"] is not None else {})})
         if step % max(1, args.save_every) == 0 and step != args.total_iters:
             trainer.save()
+            PROGRESS.saved = step
     trainer.save()
+    PROGRESS.saved = trainer.step
     if run_ is not None:
         run_.finish()
-            PROGRESS.saved = step
-    PROGRESS.saved = trainer.step
