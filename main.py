@@ -23,6 +23,7 @@ MODES = {
     "eval": "evaluate",
     "demo": "demo",
     "export": "export",
+    "train_federated": "train_federated",
 }
 
 # options a mode cannot run without (checked after parsing, with a clear message)
@@ -188,6 +189,32 @@ def _add_safety(parser: argparse.ArgumentParser) -> None:
                         "(torch.jit.load runs code from the file)")
 
 
+def _add_federated(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("federated Stage I: train_federated (Flower FedAvg, optional SecAgg+)")
+    g.add_argument("--num_clients", type=int, default=4, help="sites (disjoint identities of the training set)")
+    g.add_argument("--rounds", type=int, default=3, help="FedAvg rounds")
+    g.add_argument("--local_steps", type=int, default=1, help="Stage I steps per site and round")
+    g.add_argument("--secure_aggregation", action="store_true",
+                   help="Flower SecAgg+ (the server only sees the sum of the updates)")
+    g.add_argument("--num_shares", type=int, default=0,
+                   help="SecAgg+ key shares per site, its neighbourhood size (0 = all sites)")
+    g.add_argument("--reconstruction_threshold", type=int, default=0,
+                   help="SecAgg+ shares needed to rebuild a key; rounds with fewer live neighbours abort "
+                        "(0 = num_shares // 2 + 1)")
+    g.add_argument("--clipping_range", type=float, default=0.5,
+                   help="SecAgg+ clips each weighted update entry to +-this (waves for the lens, weights otherwise)")
+    g.add_argument("--quantization_range", type=int, default=2 ** 22,
+                   help="SecAgg+ fixed-point levels over the clipping interval")
+    g.add_argument("--max_weight", type=float, default=0.0,
+                   help="SecAgg+ bound of a site's weight (images); 0 = the federation's number of images")
+    g.add_argument("--unequal_clients", action="store_true", help="site sizes 1 : 2 : ... : N instead of equal")
+    g.add_argument("--identity_pattern", default=r"^(.*)$",
+                   help="regex whose group 1 on a file stem is its person (default: one person per file)")
+    g.add_argument("--save_every_rounds", type=int, default=1, help="checkpoint the global model every N rounds")
+    g.add_argument("--prepare_only", action="store_true",
+                   help="write federation.json (for flower-superlink / flwr run deployments) and stop")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -195,7 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval,
-                _add_export, _add_safety):
+                _add_export, _add_safety, _add_federated):
         add(parser)
     return parser
 
