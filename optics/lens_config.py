@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from dataclasses import dataclass, field
@@ -11,11 +12,14 @@ from typing import Any, Optional
 import torch
 
 from optics import psf as psf_model
+from optics import sampling
 from optics.materials import canonical_material, refractive_index
+from optics.sampling import MAX_PHASE_STEP, MAX_PSF_MEMORY, MIN_APERTURE_SAMPLES  # noqa: F401 (re-exported)
 from optics.zernike import zernike_grid
 
+log = logging.getLogger(__name__)
+
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-MIN_APERTURE_SAMPLES = 16  # pupil samples across the aperture diameter at the longest wavelength
 MAX_WINDOW = 2048          # largest PSF window [px] a design may need
 DIFFRACTION_MARGIN = 2.0   # Airy first-zero radii added to the geometric blur radius in the window checks
 
@@ -89,7 +93,36 @@ class LensConfig:
 
     @property
     def num_pupil(self) -> int:
-        return int(self.pupil_samples or self.psf_size)
+        """Pupil grid side N: ``pupil_samples`` when given, else chosen automatically (optics.sampling: the
+        smallest fast FFT size >= psf_size that samples the aperture and the pupil phase; logged once)."""
+        if self.pupil_samples is not None:
+            return int(self.pupil_samples)
+        return self.sampling().samples
+
+    def sampling(self, source: str | None = None) -> sampling.SamplingChoice:
+        """The automatic pupil sampling of this design (cached until a field it depends on changes).
+
+        Raises:
+            LensConfigError: no affordable grid samples the design (message names the key, N and the memory).
+        """
+        key = (tuple(self.wavelengths), self.aperture_radius, self.focal_length, self.focus_distance,
+               self.design_wavelength, self.sensor_distance, tuple(self.depths()), self.pixel_pitch, self.psf_size,
+               self.material, tuple(sorted(self.zernike.items())), tuple(self.learnable_indices))
+        cached = self.__dict__.get("_sampling_cache")
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        choice = sampling.choose_pupil_samples(self, lambda k, m: LensConfigError(k, m, source))
+        self.__dict__["_sampling_cache"] = (key, choice)
+        if choice.samples != self.psf_size:
+            log.info("lens %s: pupil grid %d x %d chosen automatically (%s; %.1f samples across the aperture, "
+                     "phase step %.2f rad, ~%s); set pupil_samples to override", self.name or "(unnamed)", choice.samples,
+                     choice.samples, choice.reason, choice.aperture_samples, choice.phase_step,
+                     sampling.format_bytes(choice.memory))
+        else:
+            log.info("lens %s: pupil grid %d x %d (= psf_size) samples the design (%.1f samples across the "
+                     "aperture); set pupil_samples to override", self.name or "(unnamed)", choice.samples, choice.samples,
+                     choice.aperture_samples)
+        return choice
 
     @property
     def learnable_indices(self) -> list[int]:
@@ -225,24 +258,42 @@ class LensConfig:
             t = torch.tensor(r, dtype=torch.float64)
             if not bool(torch.isfinite(t).all()) or bool((t < 0).any()) or bool((t.sum(1) <= 0).any()):
                 raise err("spectral_response", "weights must be finite, >= 0, each channel with a positive sum")
-        self._check_sampling(err)
+        self._check_sampling(err, source)
         return self
 
-    def _check_sampling(self, err) -> None:
-        """Window, pupil sampling, aliasing and PSF-window checks (see optics.psf for the model)."""
-        n, p, z, a = self.num_pupil, self.pixel_pitch, self.sensor_distance, self.aperture_radius
+    def _check_sampling(self, err, source: str | None = None) -> None:
+        """Window, pupil sampling, aliasing and PSF-window checks (see optics.psf for the model).
+
+        Without ``pupil_samples`` the grid is chosen to pass them (optics.sampling); an explicit ``pupil_samples``
+        is checked strictly.
+        """
+        p, z, a = self.pixel_pitch, self.sensor_distance, self.aperture_radius
+        for w in self.wavelengths:  # the window lambda z / p does not depend on the number of samples
+            if 2 * a > w * z / p:
+                raise err("aperture_radius", f"aperture diameter {2 * a:.4g} m does not fit the sampled pupil "
+                                             f"window lambda z / p = {w * z / p:.4g} m at {w:.4g} m; reduce "
+                                             "aperture_radius or pixel_pitch")
+        wl = len(self.wavelengths)
+        if self.pupil_samples is None:
+            sampling.check_memory(self, self.psf_size, "psf_size", err)
+            self.sampling(source)  # raises when no affordable grid samples the design
+        else:
+            sampling.check_memory(self, self.pupil_samples, "pupil_samples", err)
+        if not isinstance(self.height_map_samples, int) or \
+                4 * 4 * self.height_map_samples ** 2 * wl > MAX_PSF_MEMORY:
+            raise err("height_map_samples", f"{self.height_map_samples} x {self.height_map_samples} would need "
+                                            f"{sampling.format_bytes(16 * wl * self.height_map_samples ** 2)}")
+        n = self.num_pupil
         pitches = self.pupil_pitches()
         focals = self.focal_lengths()
-        for w, dx in zip(self.wavelengths, pitches):
-            if 2 * a > n * dx:
-                raise err("aperture_radius", f"aperture diameter {2 * a:.4g} m does not fit the sampled pupil "
-                                             f"window lambda z / p = {n * dx:.4g} m at {w:.4g} m; reduce "
-                                             "aperture_radius or pixel_pitch")
-        if 2 * a / max(pitches) < MIN_APERTURE_SAMPLES:
-            raise err("pupil_samples", f"only {2 * a / max(pitches):.1f} pupil samples across the aperture "
-                                       f"(need >= {MIN_APERTURE_SAMPLES}); increase pupil_samples")
         for d in self.depths():
             self._check_depth(d, err)
+        if self.pupil_samples is None:
+            return  # the automatic grid passes the aperture and phase checks below by construction
+        if 2 * a / max(pitches) < MIN_APERTURE_SAMPLES:
+            raise err("pupil_samples", f"only {2 * a / max(pitches):.1f} pupil samples across the aperture "
+                                       f"(need >= {MIN_APERTURE_SAMPLES}); increase pupil_samples (or "
+                                       "remove it to let the grid be chosen automatically)")
         if any(abs(c) > 0 for c in self.zernike.values()):
             idx = sorted(self.zernike)
             coef = torch.tensor([float(self.zernike[j]) for j in idx], dtype=torch.float64)
@@ -254,7 +305,7 @@ class LensConfig:
                     phase = k * r2 / 2 * psf_model.defocus_power(d, f, z) \
                         + k * (refractive_index(self.material, w) - 1) * torch.einsum("k,kij->ij", coef, basis)
                     step = psf_model.max_phase_step(phase, r2 <= a * a)
-                    if step >= math.pi * 0.9:
+                    if step >= MAX_PHASE_STEP:
                         raise err("zernike", f"the height map makes the pupil phase change by {step:.2f} rad "
                                              f"between samples at {w:.4g} m (aliasing, limit 0.9 pi); reduce the "
                                              "coefficients or increase pupil_samples")
