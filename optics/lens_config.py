@@ -409,10 +409,24 @@ def load_lens_config(name_or_path: str | os.PathLike, **overrides: Any) -> LensC
                                     f"{', '.join(preset_names())})")
         path = preset
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise LensConfigError("<file>", f"not a text (UTF-8) YAML file: undecodable byte at offset {e.start}",
+                              str(path)) from None
+    except OSError as e:
+        raise LensConfigError("<file>", f"cannot be read ({e.strerror or e})", str(path)) from None
+    try:
+        data = yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise LensConfigError("<yaml>", f"not valid YAML ({e})", str(path)) from None
-    data = dict(data or {})
+    if data is None:
+        raise LensConfigError("<root>", "the file is empty; expected a mapping of lens keys such as wavelengths, "
+                                        "aperture_radius, focal_length (or focus_distance), sensor_distance, "
+                                        "pixel_pitch, psf_size", str(path))
+    if not isinstance(data, dict):
+        raise LensConfigError("<root>", f"expected a mapping of lens keys (key: value lines), got a YAML "
+                                        f"{type(data).__name__}", str(path))
+    data = dict(data)
     for key, value in overrides.items():
         if value is not None:
             data[key] = value

@@ -130,3 +130,27 @@ def test_state_dict_round_trip():
     other = Lens(LensConfig.from_dict(lens.config.to_dict()))
     other.load_state_dict(lens.state_dict())
     assert torch.equal(other.psf(), lens.psf())
+
+
+@pytest.mark.parametrize("content,key,words", [
+    (b"- 550.0e-9\n- 1.0e-3\n", "<root>", "got a YAML list"),
+    (bytes(range(256)) * 4, "<file>", "not a text (UTF-8) YAML file"),
+    (b"", "<root>", "the file is empty"),
+    (b"# only a comment\n", "<root>", "the file is empty"),
+])
+def test_unreadable_lens_file_is_one_error_naming_the_file(tmp_path, content, key, words):
+    path = tmp_path / "lens.yaml"
+    path.write_bytes(content)
+    with pytest.raises(LensConfigError) as info:
+        load_lens_config(str(path))
+    assert info.value.key == key and words in str(info.value) and str(path) in str(info.value)
+
+
+def test_huge_psf_size_is_refused_with_the_memory_before_allocating(tmp_path):
+    path = write(tmp_path, {**GOOD, "psf_size": 1000000})
+    with pytest.raises(LensConfigError) as info:
+        load_lens_config(str(path))
+    msg = str(info.value)
+    assert info.value.key == "psf_size" and str(path) in msg
+    # 1e12 samples x 3 wavelengths x (4 bytes x (25 Zernike terms + 3 buffers) + 64 bytes of PSF and gradient)
+    assert "1000000 x 1000000 pupil grid" in msg and "about 480 TiB" in msg
