@@ -117,7 +117,10 @@ class InceptionFeatures(nn.Module):
             path = Path(weights) if weights is not None else torchscript_inception_path()
             if not path.is_file():
                 raise FileNotFoundError(f"{path}: TorchScript FID Inception not found")
-            self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            try:
+                self.net = torch.jit.load(str(path), map_location="cpu").eval()
+            except RuntimeError as err:
+                raise ValueError(f"{path}: not a TorchScript FID Inception ({str(err).splitlines()[0]})") from err
         else:
             path = find_pytorch_fid_weights(weights)
             if path is None:

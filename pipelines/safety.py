@@ -243,13 +243,30 @@ def check_fid_weights(args: argparse.Namespace) -> None:
     p = Path(path)
     if not p.is_file():
         raise SafetyError(f"--fid_weights {p}: file not found")
-    if getattr(args, "fid_backend", "torchscript") != "torchscript" or getattr(args, "trust_fid_weights", False):
+    if getattr(args, "fid_backend", "torchscript") != "torchscript":
+        check_pytorch_fid_weights(p)
+        return
+    if getattr(args, "trust_fid_weights", False):
         return
     digest = sha256_file(p)
     if digest not in known_fid_hashes():
         raise SafetyError(f"--fid_weights {p}: sha256 {digest[:16]}... is not a known TorchScript FID Inception; "
                           "torch.jit.load runs code from the file, so only known files are loaded (give "
                           "--trust_fid_weights to load it anyway)")
+
+
+def check_pytorch_fid_weights(path: Path) -> None:
+    """pytorch-fid's weights: a state dict of tensors loadable with ``weights_only=True`` (no code runs)."""
+    import torch
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, truncated zip, ...
+        raise SafetyError(f"--fid_weights {path}: not a loadable weights file ({type(err).__name__}: "
+                          f"{(str(err).splitlines() or [''])[0][:200]})") from None
+    if not isinstance(state, dict) or not state or not all(hasattr(v, "shape") for v in state.values()):
+        raise SafetyError(f"--fid_weights {path}: not a state dict of tensors (pytorch-fid's "
+                          "pt_inception-2015-12-05-*.pth)")
 
 
 def known_fid_hashes() -> set[str]:
