@@ -24,6 +24,8 @@ MODES = {
     "demo": "demo",
     "export": "export",
     "train_federated": "train_federated",
+    "video": "video",
+    "video_eval": "video_eval",
 }
 
 # options a mode cannot run without (checked after parsing, with a clear message)
@@ -215,6 +217,33 @@ def _add_federated(parser: argparse.ArgumentParser) -> None:
                    help="write federation.json (for flower-superlink / flwr run deployments) and stop")
 
 
+def _add_video(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("video: de-identify videos (video) and the DRSF evaluation (video_eval); also "
+                                  "--ref_dir, --checkpoint_dir, --batch_size, --out, --device, --seed, --no_noise, "
+                                  "--psf")
+    g.add_argument("--input", default=None, help="video: input video file")
+    g.add_argument("--output", default=None,
+                   help="video: de-identified output video (without it, --json describes the input)")
+    g.add_argument("--json", default=None,
+                   help="video: per-frame attributes (DRSF layout) of the output video, or of the input when no "
+                        "--output is given")
+    g.add_argument("--method", default="anonymizer",
+                   choices=["anonymizer", "capture", "reference-warp", "blur", "pixelate", "blur-attack"],
+                   help="video: how faces are de-identified")
+    g.add_argument("--level", type=int, default=None,
+                   help="video: blur box-kernel side [px] / pixelate blocks per box side (default 30)")
+    g.add_argument("--input_is_capture", action="store_true",
+                   help="video: frames come from the prototype camera (skip the simulated camera)")
+    g.add_argument("--attack_epsilon", type=float, default=8.0,
+                   help="video blur-attack: L-inf bound of the perturbation [8-bit grey levels]")
+    g.add_argument("--attack_steps", type=int, default=20, help="video blur-attack: MI-FGSM iterations")
+    g.add_argument("--gt", default=None, help="video_eval: attributes JSON of the original")
+    g.add_argument("--pred", default=None, help="video_eval: attributes JSON of the de-identified video")
+    g.add_argument("--gt_video", default=None, help="video_eval: original video (attributes extracted first)")
+    g.add_argument("--pred_video", default=None,
+                   help="video_eval: de-identified video (attributes extracted; adds re-identification and flicker)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="main.py",
@@ -222,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval,
-                _add_export, _add_safety, _add_federated):
+                _add_export, _add_safety, _add_federated, _add_video):
         add(parser)
     return parser
 
@@ -237,6 +266,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--mode eval requires --gen_dir and --real_dir, or --checkpoint_dir")
     if args.mode == "eval" and args.gen_dir and not args.real_dir:
         parser.error("--mode eval with --gen_dir requires --real_dir")
+    if args.mode == "video" and not args.input:
+        parser.error("--mode video requires --input")
+    if args.mode == "video" and not (args.output or args.json):
+        parser.error("--mode video requires --output and/or --json")
+    if args.mode == "video_eval" and not ((args.gt and args.pred) or (args.gt_video and args.pred_video)):
+        parser.error("--mode video_eval requires --gt and --pred, or --gt_video and --pred_video")
     return args
 
 

@@ -1,0 +1,1 @@
+"""Video de-identification through the privacy camera: file I/O, tracking, attributes, paste-back, evaluation."""

@@ -1,0 +1,239 @@
+"""De-identify the tracked faces of video frames and paste the result back.
+
+Methods (``METHODS``):
+
+* ``anonymizer``: each face is aligned to the model's 5-point template (:mod:`data.align`, the template the
+  Stage II model was trained on) at the model size, imaged through the privacy camera, the Stage I regressor
+  predicts its heatmap and the Stage II generator synthesises a new face with the style of ONE reference per
+  track (the same new person for the whole track); the new face is warped back with the inverse similarity
+  and blended with a feathered elliptical face mask (:func:`face_mask`).
+* ``capture``: the aligned face replaced by the privacy camera's capture of it (what the hardware stores),
+  pasted back the same way.
+* ``reference-warp``: the Stage II issue's non-learned baseline (the reference warped onto the landmarks the
+  regressor reads from the capture), pasted back the same way, when ``anonymizer.stage2.warp`` provides it.
+* ``blur`` / ``pixelate``: the MediaEval 2021 DRSF baselines on the (integer, clipped) face box: ``blur`` =
+  box filter of ``level`` x ``level`` px (``cv2.blur``); ``pixelate`` = the box cut into ``level`` x ``level``
+  blocks, each replaced by its mean colour.
+* ``blur-attack``: ``blur`` followed by the bounded MI-FGSM perturbation of :mod:`video.attack`.
+
+With ``input_is_capture`` the frames already come from the prototype camera: the camera step is skipped (the
+aligned crop of the frame IS the capture; ``capture`` then leaves the face as it is).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from data.align import alignment_transform
+from video.frames import frames_to_tensor, int_box, tensor_to_frames
+
+log = logging.getLogger(__name__)
+
+METHODS = ("anonymizer", "capture", "reference-warp", "blur", "pixelate", "blur-attack")
+DEFAULT_LEVEL = {"blur": 30, "pixelate": 30, "blur-attack": 30}
+"""Default ``--level``: box-filter side [px] (blur), blocks per box side (pixelate), as DRSF's 'blur 30'."""
+
+MASK_CENTRE = (0.5, 0.53)
+"""Face-mask ellipse centre in template units (x, y) of the aligned crop."""
+MASK_AXES = (0.36, 0.43)
+"""Face-mask ellipse semi-axes (x, y) in template units: cheeks to cheeks, forehead to chin."""
+MASK_FEATHER = 0.18
+"""Width of the mask's soft edge as a fraction of the ellipse radius (smoothstep from 1 to 0)."""
+
+
+def face_mask(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """(1, 1, S, S) feathered elliptical face mask in [0, 1] in aligned-crop coordinates."""
+    r = (torch.arange(size, dtype=torch.float32, device=device) + 0.5) / size
+    dx = (r[None, :] - MASK_CENTRE[0]) / MASK_AXES[0]
+    dy = (r[:, None] - MASK_CENTRE[1]) / MASK_AXES[1]
+    rho = torch.sqrt(dx ** 2 + dy ** 2)
+    t = ((1.0 - rho) / MASK_FEATHER).clamp(0, 1)
+    return (t * t * (3 - 2 * t))[None, None]
+
+
+def crop_aligned(frames: torch.Tensor, frame_idx: torch.Tensor, matrices: torch.Tensor, size: int) -> torch.Tensor:
+    """Aligned face crops.
+
+    Args:
+        frames: (B, 3, H, W) in [0, 1].
+        frame_idx: (K,) int64 frame of each face.
+        matrices: (K, 3, 3) frame px -> crop px (pixel centres at integers).
+        size: crop side S [px].
+
+    Returns:
+        (K, 3, S, S) in [0, 1] (reflection padding outside the frame).
+    """
+    from kornia.geometry.transform import warp_affine
+
+    return warp_affine(frames[frame_idx], matrices[:, :2].to(frames), (size, size), mode="bilinear",
+                       padding_mode="reflection", align_corners=True).clamp(0, 1)
+
+
+def paste_aligned(frames: torch.Tensor, frame_idx: torch.Tensor, matrices: torch.Tensor, faces: torch.Tensor,
+                  mask: torch.Tensor) -> torch.Tensor:
+    """Warp aligned faces back into their frames and blend them with the feathered mask (faces in order).
+
+    Args:
+        frames: (B, 3, H, W) in [0, 1].
+        frame_idx: (K,) frame of each face; matrices: (K, 3, 3) frame px -> crop px.
+        faces: (K, 3, S, S) in [0, 1]; mask: (1, 1, S, S) in [0, 1].
+
+    Returns:
+        (B, 3, H, W) new frames.
+    """
+    from kornia.geometry.transform import warp_affine
+
+    if len(faces) == 0:
+        return frames
+    h, w = frames.shape[-2:]
+    inv = torch.linalg.inv(matrices.double()).float().to(frames)[:, :2]
+    back = warp_affine(faces.to(frames), inv, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
+    alpha = warp_affine(mask.to(frames).expand(len(faces), -1, -1, -1), inv, (h, w), mode="bilinear",
+                        padding_mode="zeros", align_corners=True)
+    out = frames.clone()
+    for k in range(len(faces)):
+        i = int(frame_idx[k])
+        out[i] = out[i] * (1 - alpha[k]) + back[k] * alpha[k]
+    return out.clamp(0, 1)
+
+
+def blur_box(frame: np.ndarray, box: np.ndarray, level: int) -> np.ndarray:
+    """DRSF blur: ``cv2.blur`` with a ``level`` x ``level`` box kernel inside the face box (uint8 frame copy)."""
+    import cv2
+
+    out = frame.copy()
+    b = int_box(box, frame.shape[1], frame.shape[0])
+    if b is not None:
+        x1, y1, x2, y2 = b
+        out[y1:y2, x1:x2] = cv2.blur(np.ascontiguousarray(frame[y1:y2, x1:x2]), (int(level), int(level)))
+    return out
+
+
+def pixelate_box(frame: np.ndarray, box: np.ndarray, level: int) -> np.ndarray:
+    """DRSF pixelate: the face box cut into ``level`` x ``level`` blocks, each set to its mean colour."""
+    out = frame.copy()
+    b = int_box(box, frame.shape[1], frame.shape[0])
+    if b is None:
+        return out
+    x1, y1, x2, y2 = b
+    xs = np.linspace(x1, x2, int(level) + 1).astype(int)
+    ys = np.linspace(y1, y2, int(level) + 1).astype(int)
+    for ya, yb in zip(ys[:-1], ys[1:]):
+        for xa, xb in zip(xs[:-1], xs[1:]):
+            if yb > ya and xb > xa:
+                out[ya:yb, xa:xb] = frame[ya:yb, xa:xb].reshape(-1, 3).mean(0).round().astype(np.uint8)
+    return out
+
+
+@dataclass
+class Anonymizer:
+    """The Stage II model pieces (from ``anonymizer.stage2.sampling.load_anonymizer``) and the references.
+
+    Attributes:
+        nets: EMA networks; camera: the privacy camera; regressor: the frozen heatmap regressor.
+        refs: (R, 3, S, S) in [0, 1] aligned reference faces (public people, one picked per track).
+        img_size: S [px], the model's side.
+    """
+
+    nets: nn.Module
+    camera: nn.Module
+    regressor: nn.Module
+    refs: torch.Tensor
+    img_size: int
+
+
+class Deidentifier:
+    """Apply one method to frames with their tracked faces.
+
+    Args:
+        method: one of :data:`METHODS`.
+        level: blur kernel side [px] / pixelate blocks per side (blur, pixelate, blur-attack).
+        model: :class:`Anonymizer` (anonymizer, capture, reference-warp).
+        input_is_capture: frames come from the prototype camera (skip the simulated camera).
+        seed: picks the reference of each track (``default_rng([seed, track_id])``).
+        device: where the networks run.
+        attack: :class:`video.attack.AttackConfig` for blur-attack (default config when None).
+    """
+
+    def __init__(self, method: str, level: int | None = None, model: Anonymizer | None = None,
+                 input_is_capture: bool = False, seed: int = 0, device: str | torch.device = "cpu",
+                 attack=None) -> None:
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r} (choose {', '.join(METHODS)})")
+        if method in ("anonymizer", "capture", "reference-warp") and model is None:
+            raise ValueError(f"method {method} needs the Stage II model (an Anonymizer)")
+        self.level = int(level if level is not None else DEFAULT_LEVEL.get(method, 0))
+        if method in DEFAULT_LEVEL and self.level < 1:
+            raise ValueError(f"--level must be >= 1 for {method}, got {self.level}")
+        if method == "reference-warp":
+            from video.reference_warp import available
+
+            if not available():
+                raise RuntimeError("method reference-warp is not available yet: anonymizer/stage2/warp.py "
+                                   "does not provide the Stage II reference-warp baseline in this checkout")
+        self.method, self.model, self.input_is_capture = method, model, bool(input_is_capture)
+        self.seed, self.device = int(seed), torch.device(device)
+        self._mask = face_mask(model.img_size, self.device) if model is not None else None
+        self._camera = nn.Identity() if input_is_capture or model is None else model.camera
+        self.attack = attack
+        self.last_attack_stats: list[dict] = []
+
+    def reference_index(self, track_id: int) -> int:
+        """Index into ``model.refs`` of the reference used for a track (fixed for the whole track)."""
+        return int(np.random.default_rng([self.seed, int(track_id)]).integers(len(self.model.refs)))
+
+    def __call__(self, frames: Sequence[np.ndarray], tracks: Sequence[Sequence]) -> list[np.ndarray]:
+        """De-identify a run of frames.
+
+        Args:
+            frames: (H, W, 3) uint8 RGB.
+            tracks: per frame, its :class:`video.tracking.TrackedFace` list.
+
+        Returns:
+            the new (H, W, 3) uint8 frames (frames without a face come back unchanged).
+        """
+        if self.method in ("blur", "pixelate", "blur-attack"):
+            fn = pixelate_box if self.method == "pixelate" else blur_box
+            out = []
+            for frame, faces in zip(frames, tracks):
+                f = frame
+                for face in faces:
+                    f = fn(f, face.box, self.level)
+                out.append(f)
+            if self.method == "blur-attack" and any(tracks):
+                from video.attack import AttackConfig, attack_frames
+
+                out, self.last_attack_stats = attack_frames(frames, out, tracks, self.attack or AttackConfig(),
+                                                            device=self.device)
+            return out
+        items = [(i, f) for i, faces in enumerate(tracks) for f in faces]
+        if not items:
+            return [np.asarray(f) for f in frames]
+        s = self.model.img_size
+        batch = frames_to_tensor(frames, self.device)
+        idx = torch.tensor([i for i, _ in items], device=self.device)
+        mats = torch.from_numpy(np.stack([alignment_transform(f.landmarks, s) for _, f in items])).float()
+        mats = mats.to(self.device)
+        crops = crop_aligned(batch, idx, mats, s)
+        new = self._faces(crops, [f.track_id for _, f in items])
+        return tensor_to_frames(paste_aligned(batch, idx, mats, new, self._mask))
+
+    @torch.no_grad()
+    def _faces(self, crops: torch.Tensor, track_ids: list[int]) -> torch.Tensor:
+        m = self.model
+        if self.method == "capture":
+            return self._camera(crops).clamp(0, 1)
+        refs = m.refs[[self.reference_index(t) for t in track_ids]].to(self.device)
+        if self.method == "reference-warp":
+            from video.reference_warp import reference_warp
+
+            return reference_warp(self._camera(crops), m.regressor, refs)
+        from anonymizer.stage2.sampling import anonymize
+
+        return anonymize(m.nets, self._camera, m.regressor, crops, refs, paired=True,
+                         batch_size=len(crops)).outputs
