@@ -228,7 +228,10 @@ def check_args(args: argparse.Namespace) -> None:
             attr = STAGED_OUTPUT[mode][0]
             check_output_folder(folder, _flag(attr if getattr(args, attr, None) else
                                               ("eval_dir" if mode == "eval" else attr)))
-    for attr in OTHER_OUTPUTS.get(mode, []):
+    others = OTHER_OUTPUTS.get(mode, [])
+    if mode not in STAGED_OUTPUT and mode not in OTHER_OUTPUTS:
+        others = ["out", "out_dir"]  # modes registered later (video, federated): the usual output flags
+    for attr in others:
         value = getattr(args, attr, None)
         if value:
             check_output_folder(value, _flag(attr))
