@@ -26,6 +26,7 @@ continues with round r + 1.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from pathlib import Path
@@ -44,6 +45,13 @@ log = logging.getLogger(__name__)
 
 CHECKED_KEYS = ("num_clients", "local_steps", "unequal_clients", "identity_pattern")
 """Settings a resumed run must share with its checkpoint (they define the clients' data and steps)."""
+
+
+def _digest(tensors: list[bytes]) -> str:
+    h = hashlib.sha1()
+    for t in tensors:
+        h.update(t)
+    return h.hexdigest()
 
 
 class FederatedServer:
@@ -155,6 +163,8 @@ class FederatedServer:
                                           for _, res in results]
                 if not results:
                     return None, {}
+                # a fixed summation order (results arrive in any order): the same updates give the same bits
+                results = sorted(results, key=lambda item: _digest(item[1].parameters.tensors))
                 aggregated, metrics = super().aggregate_fit(server_round, results, failures)
                 new = server.round_finished(r, parameters_to_ndarrays(aggregated), results, failures)
                 return ndarrays_to_parameters(new), metrics
