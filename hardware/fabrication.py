@@ -200,10 +200,13 @@ def quantization_report(lens, quantised: np.ndarray, meta: dict[str, Any] | None
 
     Returns:
         dict: levels / step [m], height error RMS / max [m] inside the aperture, relative RMS PSF change
-        (||q - d|| / ||d|| over channels and depths), per-channel Strehl ratio (peak q / peak d) and
-        EE50 radii [px] of design and quantised PSFs, per depth.
+        (||q - d|| / ||d|| over channels and depths), per channel (worst over depths): ``peak_ratio`` (peak of
+        the quantised PSF over the design's peak; not bounded by 1: quantising a deliberately blurred design can
+        sharpen it), ``strehl`` (the true Strehl ratio of the quantised element: its peak over the peak of the
+        diffraction-limited PSF of the same aperture, <= 1) and ``strehl_design`` (the same for the design),
+        and EE50 radii [px] of design and quantised PSFs, per depth.
     """
-    from optics.analysis import encircled_energy_radius
+    from optics.analysis import encircled_energy_radius, strehl_ratio
 
     cfg = lens.config
     design_h = lens.height_map().detach().double().numpy()
@@ -215,13 +218,17 @@ def quantization_report(lens, quantised: np.ndarray, meta: dict[str, Any] | None
         d_psf = torch.stack([lens.psf(d) for d in depths]).double()
         q_psf = torch.stack([qlens.psf(d) for d in depths]).double()
     change = float(torch.linalg.vector_norm(q_psf - d_psf) / torch.linalg.vector_norm(d_psf))
-    strehl = (q_psf.amax((-2, -1)) / d_psf.amax((-2, -1))).numpy()
+    peak_ratio = (q_psf.amax((-2, -1)) / d_psf.amax((-2, -1))).numpy()
+    reference = lens.diffraction_limited_psf().double().numpy()
+    strehl_q = np.stack([strehl_ratio(p.numpy(), reference) for p in q_psf])  # (D, C)
+    strehl_d = np.stack([strehl_ratio(p.numpy(), reference) for p in d_psf])
     values = np.unique(np.round(quantised[mask] / 1e-15))
     meta = meta or {}
     return {"levels_used": int(values.size), "levels": meta.get("levels"), "level_step": meta.get("level_step"),
             "height_min": meta.get("height_min"), "height_max": meta.get("height_max"),
             "height_error_rms": float(np.sqrt(np.mean(err ** 2))), "height_error_max": float(np.abs(err).max()),
             "object_distances": depths, "psf_change_relative_rms": change,
-            "strehl": strehl.min(0).tolist(),
+            "peak_ratio": peak_ratio.min(0).tolist(), "strehl": strehl_q.min(0).tolist(),
+            "strehl_design": strehl_d.min(0).tolist(),
             "ee50_px": {"design": [encircled_energy_radius(p.numpy(), 0.5).tolist() for p in d_psf],
                         "quantised": [encircled_energy_radius(p.numpy(), 0.5).tolist() for p in q_psf]}}

@@ -2,8 +2,9 @@
 
 - :func:`wiener_attack` / :func:`richardson_lucy_attack`: non-blind deconvolution with the TRUE PSF (the
   strongest classical attacker: knows the lens exactly), per colour channel, scikit-image.
-- :func:`train_inverter` / :func:`invert`: a learned inverter (small U-Net) trained on capture -> clean pairs
-  from a split disjoint from the evaluated images.
+- the learned inverter (metrics/inverter.py, re-exported here): a U-Net trained on fresh captures of the
+  attacker's own faces through the same camera (:func:`train_camera_inverter`), or on fixed pairs
+  (:func:`train_inverter`); :func:`invert` applies it.
 - :func:`attribute_attack`: a small CNN trained on protected images to predict a domain label (e.g. gender);
   its test accuracy against chance says how much the attribute leaks.
 
@@ -21,6 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics.detectors import check_image
+from metrics.inverter import (FACE_WIDTH_FRACTION, IDENTITY_BAND, INVERTER_LOSSES, Inverter,  # noqa: F401
+                              augment_faces, band_pass, capture_with, identity_correlation, invert,
+                              inverter_loss, train_camera_inverter, train_inverter)
 
 log = logging.getLogger(__name__)
 
@@ -117,91 +121,8 @@ def richardson_lucy_attack(capture: np.ndarray, psf, num_iter: int = 30) -> np.n
     return np.clip(out[ph:ph + img.shape[0], pw:pw + img.shape[1]], 0.0, 1.0).astype(np.float32)
 
 
-class _Block(nn.Sequential):
-    def __init__(self, cin: int, cout: int) -> None:
-        super().__init__(nn.Conv2d(cin, cout, 3, padding=1), nn.LeakyReLU(0.2),
-                         nn.Conv2d(cout, cout, 3, padding=1), nn.LeakyReLU(0.2))
-
-
-class Inverter(nn.Module):
-    """Small residual U-Net (two down / up levels): capture (B, 3, H, W) in [0, 1] -> estimate of the clean image.
-
-    H and W must be divisible by 4.
-    """
-
-    def __init__(self, base: int = 16) -> None:
-        super().__init__()
-        self.enc1, self.enc2, self.mid = _Block(3, base), _Block(base, 2 * base), _Block(2 * base, 4 * base)
-        self.dec2, self.dec1 = _Block(6 * base, 2 * base), _Block(3 * base, base)
-        self.out = nn.Conv2d(base, 3, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0, 1] -> (B, 3, H, W) in [0, 1]."""
-        e1 = self.enc1(x)
-        e2 = self.enc2(F.avg_pool2d(e1, 2))
-        m = self.mid(F.avg_pool2d(e2, 2))
-        d2 = self.dec2(torch.cat([F.interpolate(m, scale_factor=2.0), e2], 1))
-        d1 = self.dec1(torch.cat([F.interpolate(d2, scale_factor=2.0), e1], 1))
-        return (x + self.out(d1)).clamp(0.0, 1.0)
-
-
 def _stack(images: Sequence[np.ndarray]) -> torch.Tensor:
     return torch.from_numpy(np.stack([check_image(im, i) for i, im in enumerate(images)]).transpose(0, 3, 1, 2))
-
-
-def train_inverter(captures: Sequence[np.ndarray], cleans: Sequence[np.ndarray], iters: int = 500,
-                   batch_size: int = 8, crop: int = 64, lr: float = 2e-3, base: int = 16, seed: int = 0,
-                   device: str = "cpu") -> Inverter:
-    """Train an :class:`Inverter` on capture -> clean pairs (L1 loss, Adam, random aligned crops).
-
-    Args:
-        captures, cleans: paired (H, W, 3) float32 images in [0, 1], all the same size; must come from images
-            disjoint from those the attack is evaluated on.
-        iters: optimiser steps; crop: training crop side [px] (multiple of 4, <= image size).
-
-    Returns:
-        the trained module in eval mode (on ``device``).
-    """
-    from tqdm import tqdm
-
-    if len(captures) != len(cleans) or len(captures) == 0:
-        raise ValueError(f"{len(captures)} captures vs {len(cleans)} clean images: need equal, non-zero counts")
-    x, y = _stack(captures), _stack(cleans)
-    if x.shape != y.shape:
-        raise ValueError(f"captures {tuple(x.shape)} and clean images {tuple(y.shape)} differ in size")
-    h, w = x.shape[-2:]
-    crop = min(crop, h, w) // 4 * 4
-    if crop < 4:
-        raise ValueError(f"images of {h}x{w} are too small for the inverter")
-    gen = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
-    net = Inverter(base).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=lr)
-    net.train()
-    for _ in tqdm(range(iters), desc="inverter", leave=False, disable=iters < 50):
-        idx = torch.randint(0, x.shape[0], (batch_size,), generator=gen)
-        top = torch.randint(0, h - crop + 1, (batch_size,), generator=gen)
-        left = torch.randint(0, w - crop + 1, (batch_size,), generator=gen)
-        xb = torch.stack([x[i, :, t:t + crop, l:l + crop] for i, t, l in zip(idx, top, left)]).to(device)
-        yb = torch.stack([y[i, :, t:t + crop, l:l + crop] for i, t, l in zip(idx, top, left)]).to(device)
-        loss = F.l1_loss(net(xb), yb)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return net.eval()
-
-
-@torch.no_grad()
-def invert(net: Inverter, captures: Sequence[np.ndarray]) -> list[np.ndarray]:
-    """Apply a trained inverter to (H, W, 3) captures (edge-padded to a multiple of 4 and cropped back)."""
-    device = next(net.parameters()).device
-    out = []
-    for i, cap in enumerate(captures):
-        t = torch.from_numpy(check_image(cap, i).transpose(2, 0, 1).copy())[None].to(device)
-        h, w = t.shape[-2:]
-        t = F.pad(t, (0, (-w) % 4, 0, (-h) % 4), mode="replicate")
-        out.append(net(t)[0, :, :h, :w].permute(1, 2, 0).cpu().numpy().astype(np.float32))
-    return out
 
 
 class _Classifier(nn.Module):
@@ -282,50 +203,107 @@ ATTACKS = ("wiener", "rl", "inverter", "attribute")
 """Every attack name ``--attacks`` accepts (attribute: the checkpoint protocol's source-domain classifier)."""
 
 
-def run_attacks(evaluator, camera: nn.Module, attacks: Sequence[str], inverter_iters: int = 500, seed: int = 0,
-                device: str = "cpu") -> dict[str, dict]:
+def run_attacks(evaluator, camera: nn.Module, attacks: Sequence[str], inverter_iters: int = 3000, seed: int = 0,
+                device: str = "cpu", attacker_images: Sequence[np.ndarray] | None = None,
+                distractors: Sequence[np.ndarray] | None = None, inverter_base: int = 32, inverter_depth: int = 3,
+                inverter_loss: str = "band") -> dict[str, dict]:
     """Capture the originals through ``camera`` and score the raw capture and each attack on it.
 
-    ``camera`` is also the attacker's TRUE PSF (the threat model: the attacker owns or has measured the camera).
+    Threat model: the attacker knows the TRUE PSF (owns or has measured the camera: Wiener / RL use it), owns
+    the same camera (the learned inverter is trained on fresh captures of the attacker's own faces,
+    :func:`train_camera_inverter`), and gets the victims' raw captures after noise and ADC.
 
     Args:
-        evaluator: ``metrics.evaluate.Evaluator`` holding the originals (H, W, 3) in [0, 1].
-        camera: ``optics.camera.Camera`` whose PSF is on the originals' pixel grid.
+        evaluator: ``metrics.evaluate.Evaluator`` holding the originals (H, W, 3) in [0, 1] (the victims).
+        camera: ``optics.camera.Camera`` whose PSF is on the originals' pixel grid (or any capture module).
         attacks: names among wiener, rl, inverter (others are ignored here).
         inverter_iters: training steps of the learned inverter.
         seed: sensor-noise seed of the captures.
         device: where the inverter trains.
+        attacker_images: the attacker's own faces (H, W, 3), people disjoint from the originals (e.g. the
+            training split). None: the old protocol, the inverter trains on half of the originals and every
+            attack is scored on the other half (a warning says so).
+        distractors: clean faces of other people, added to the gallery as distractor identities (every
+            method then also gets ``reid_large``: rank-1 / rank-5 against held-out + distractors).
+        inverter_base, inverter_depth, inverter_loss: the inverter (:class:`Inverter`, :data:`INVERTER_LOSSES`).
 
     Returns:
-        {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture).
+        {"capture": ..., "wiener": ..., "rl": ..., "inverter": ...} (those requested, plus the capture); each the
+        evaluator's result plus ``reid_large`` when distractors are given, and ``attack_protocol``.
 
     Raises:
-        ValueError: the inverter with fewer than 2 images.
+        ValueError: the inverter with fewer than 2 images and no attacker faces; attacker faces of another size.
     """
     from data.images import to_numpy, to_tensor
 
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        psf = camera.psf().detach().cpu().numpy()
+        psf = camera.psf().detach().cpu().numpy() if hasattr(camera, "psf") else None
         captures = [to_numpy(camera(to_tensor(im), generator=gen)) for im in evaluator.originals]
+    if psf is None and ("wiener" in attacks or "rl" in attacks):
+        raise ValueError("Wiener / Richardson-Lucy attacks need a camera with a PSF")
     n = len(captures)
     idx = list(range(n))
     methods: dict[str, dict] = {}
     net = None
+    protocol = {"inverter_iters": int(inverter_iters), "inverter_base": inverter_base,
+                "inverter_depth": inverter_depth, "inverter_loss": inverter_loss}
     if "inverter" in attacks:
-        if n < 2:
-            raise ValueError("the inverter attack needs at least 2 image pairs (half train, half test)")
-        half = n // 2
-        train, idx = idx[:half], idx[half:]
-        log.info("inverter: training on %d capture/clean pairs, attacks scored on the other %d", half, len(idx))
-        net = train_inverter([captures[i] for i in train], [evaluator.originals[i] for i in train],
-                             iters=int(inverter_iters), device=device)
+        if attacker_images is not None and len(attacker_images):
+            faces = _stack(attacker_images)
+            if faces.shape[-2:] != torch.Size(evaluator.originals[0].shape[:2]):
+                raise ValueError(f"attacker faces are {tuple(faces.shape[-2:])} px, the evaluated originals "
+                                 f"{evaluator.originals[0].shape[:2]}: image both sets at the same size")
+            protocol.update(inverter_train="attacker's own faces", num_attacker_faces=len(attacker_images))
+            log.info("inverter: trained on fresh captures of %d attacker faces (%d steps); attacks scored on all %d "
+                     "originals", len(attacker_images), inverter_iters, n)
+        else:
+            if n < 2:
+                raise ValueError("the inverter attack needs attacker faces or at least 2 image pairs")
+            half = n // 2
+            train, idx = idx[:half], idx[half:]
+            faces = _stack([evaluator.originals[i] for i in train])
+            protocol.update(inverter_train="half of the originals", num_attacker_faces=half)
+            log.warning("inverter: no attacker faces given; trained on %d of the originals, attacks scored on the "
+                        "other %d", half, len(idx))
+        h, w = faces.shape[-2:]
+        m = 2 ** inverter_depth
+        if h % m or w % m:  # the attacker crops its faces to the inverter's grid (invert pads the victims)
+            faces = faces[..., : h // m * m, : w // m * m]
+        net = train_camera_inverter(camera, faces, iters=int(inverter_iters), base=inverter_base,
+                                    depth=inverter_depth, loss=inverter_loss, seed=int(seed), device=device)
+        net = net.cpu()
     test_caps = [captures[i] for i in idx]
-    methods["capture"] = evaluator.evaluate(test_caps, idx)
+    attacked = {"capture": test_caps}
     if "wiener" in attacks:
-        methods["wiener"] = evaluator.evaluate([wiener_attack(c, psf) for c in test_caps], idx)
+        attacked["wiener"] = [wiener_attack(c, psf) for c in test_caps]
     if "rl" in attacks:
-        methods["rl"] = evaluator.evaluate([richardson_lucy_attack(c, psf) for c in test_caps], idx)
+        attacked["rl"] = [richardson_lucy_attack(c, psf) for c in test_caps]
     if net is not None:
-        methods["inverter"] = evaluator.evaluate(invert(net, test_caps), idx)
+        attacked["inverter"] = invert(net, test_caps)
+    large = _LargeGallery(evaluator, distractors) if distractors is not None and len(distractors) else None
+    for name, images in attacked.items():
+        methods[name] = evaluator.evaluate(images, idx)
+        methods[name]["attack_protocol"] = protocol
+        if large is not None:
+            methods[name]["reid_large"] = large.score(images, idx)
     return methods
+
+
+class _LargeGallery:
+    """Held-out gallery (the evaluator's originals) + distractor identities, dlib embeddings computed once."""
+
+    def __init__(self, evaluator, distractors: Sequence[np.ndarray]) -> None:
+        emb = evaluator.embedder
+        if emb is None:
+            raise ValueError("distractors need an evaluator with identity=True")
+        self.evaluator = evaluator
+        faces = [check_image(im, i) for i, im in enumerate(distractors)]
+        self.distractors = emb.embed(faces, emb.detector.detect(faces))
+
+    def score(self, images: Sequence[np.ndarray], idx: Sequence[int]) -> dict:
+        from metrics.identity import gallery_reid
+
+        ev = self.evaluator
+        probes = ev.embedder.embed(list(images), ev.embedder.detector.detect(list(images)))
+        return gallery_reid(probes, [ev.ids[i] for i in idx], ev.gallery, ev.ids, self.distractors)["large"]

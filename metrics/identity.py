@@ -2,7 +2,11 @@
 
 Attacker model: the gallery holds one clean original per identity; every protected / generated / attacked image
 is a probe. A probe is re-identified when its nearest gallery embedding (Euclidean, dlib's metric) belongs to
-its own identity (rank-1).
+its own identity (rank-1), or when its identity is among the k nearest (rank-k). With one photo per person (the
+embedded NBA set) the probe of person i is the protected / attacked version of the very photo whose clean
+version is i's gallery entry: the attacker matches stolen captures against a database of clean photos.
+:func:`gallery_reid` scores the probes against two galleries: the held-out identities only, and a large one in
+which every other face of the set (e.g. the training split) is a distractor identity.
 
 Probes in which no face is found are NOT dropped: a protection that hides the face must still count as a
 re-identification attempt (dropping them would reward failure to find a face with a better score on the few
@@ -131,11 +135,72 @@ def rank1(probes: np.ndarray, gallery: np.ndarray, probe_ids: Sequence | None = 
     Args:
         probes: (P, D) embeddings; gallery: (G, D). Default ids: probe i belongs to gallery entry i (P == G).
     """
+    return rank_k(probes, gallery, probe_ids, gallery_ids, 1)
+
+
+def rank_k(probes: np.ndarray, gallery: np.ndarray, probe_ids: Sequence | None = None,
+           gallery_ids: Sequence | None = None, k: int = 5) -> float:
+    """Fraction of probes whose identity is among the ``k`` nearest gallery IDENTITIES (closed-set CMC at k).
+
+    The distance of an identity is that of its nearest gallery embedding, so an identity with several gallery
+    images counts once. Ties are broken by gallery order.
+
+    Args:
+        probes: (P, D); gallery: (G, D); ids as :func:`rank1`; k >= 1.
+    """
     if len(probes) == 0:
         raise ValueError("re-identification needs at least one probe")
-    pid, gid = _ids(probe_ids, len(probes)), _ids(gallery_ids, len(gallery))
-    nearest = np.argmin(distances(probes, gallery), axis=1)
-    return float(np.mean(gid[nearest] == pid))
+    if k < 1:
+        raise ValueError(f"rank-k needs k >= 1, got {k}")
+    pid = list(range(len(probes))) if probe_ids is None else list(probe_ids)
+    gid = list(range(len(gallery))) if gallery_ids is None else list(gallery_ids)
+    if len(gid) != len(gallery) or len(pid) != len(probes):
+        raise ValueError(f"{len(pid)} probe ids for {len(probes)} probes, {len(gid)} gallery ids for {len(gallery)}")
+    column = {name: j for j, name in enumerate(dict.fromkeys(gid))}  # identity -> column, gallery order
+    d = distances(probes, gallery)
+    per_id = np.full((len(probes), len(column)), np.inf)
+    for j, name in enumerate(gid):
+        c = column[name]
+        per_id[:, c] = np.minimum(per_id[:, c], d[:, j])
+    order = np.argsort(per_id, axis=1, kind="stable")[:, :k]
+    own = np.array([column.get(p, -1) for p in pid])
+    return float(np.mean((order == own[:, None]).any(axis=1)))
+
+
+def gallery_reid(probes: np.ndarray, probe_ids: Sequence, gallery: np.ndarray, gallery_ids: Sequence,
+                 distractors: np.ndarray | None = None, distractor_ids: Sequence | None = None,
+                 ks: Sequence[int] = (1, 5)) -> dict:
+    """Rank-k re-identification against the held-out gallery and against held-out + distractor identities.
+
+    Args:
+        probes: (P, 128) attacked / protected embeddings, ``probe_ids`` their identities.
+        gallery: (G, 128) clean embeddings of the held-out identities (must contain every probe identity).
+        distractors: (M, 128) clean embeddings of other identities (e.g. the training split), or None;
+            ``distractor_ids`` default to ``"distractor:<j>"``.
+        ks: ranks reported.
+
+    Returns:
+        {"heldout": {"rank1", "rank5", "chance_rank1", "chance_rank5", "num_identities"}, "large": {...} or
+        None}; chance_rank_k = k / number of gallery identities.
+    """
+    def score(g: np.ndarray, gids: list) -> dict:
+        n = len(set(gids))
+        out = {f"rank{k}": rank_k(probes, g, probe_ids, gids, k) for k in ks}
+        out.update({f"chance_rank{k}": min(1.0, k / n) for k in ks})
+        out["num_identities"] = n
+        return out
+
+    gids = list(gallery_ids)
+    missing = set(list(probe_ids)) - set(gids)
+    if missing:
+        raise ValueError(f"{len(missing)} probe identities are not in the gallery (e.g. {sorted(map(str, missing))[:3]})")
+    result = {"heldout": score(np.asarray(gallery), gids), "large": None}
+    if distractors is not None and len(distractors):
+        dids = list(distractor_ids) if distractor_ids is not None else [f"distractor:{j}" for j in range(len(distractors))]
+        if set(dids) & set(gids):
+            raise ValueError("distractor identities overlap the held-out gallery")
+        result["large"] = score(np.concatenate([np.asarray(gallery), np.asarray(distractors)]), gids + dids)
+    return result
 
 
 def mean_match_distance(probes: np.ndarray, originals: np.ndarray) -> float:
@@ -176,7 +241,7 @@ def reid_metrics(probes: np.ndarray, gallery: np.ndarray, probe_ids: Sequence | 
         found: (P,) bool, probes embedded from a detected face (others used the centred chip).
 
     Returns:
-        dict: ``reid_rank1``, ``reid_mean_distance`` (None unless paired one-to-one), ``reid_same_person_rate``
+        dict: ``reid_rank1``, ``reid_rank5``, ``reid_mean_distance`` (None unless paired one-to-one), ``reid_same_person_rate``
         (fraction of genuine pairs under dlib's 0.6 threshold), ``reid_tar_at_far`` (+ ``reid_far``),
         ``reid_probes``, ``reid_fallback_chips``.
     """
@@ -186,6 +251,7 @@ def reid_metrics(probes: np.ndarray, gallery: np.ndarray, probe_ids: Sequence | 
     paired = len(probes) == len(gallery) and np.array_equal(pid, gid)
     return {
         "reid_rank1": rank1(probes, gallery, pid, gid),
+        "reid_rank5": rank_k(probes, gallery, pid, gid, 5),
         "reid_mean_distance": mean_match_distance(probes, gallery) if paired else None,
         "reid_same_person_rate": float(np.mean(genuine < SAME_PERSON_THRESHOLD)) if genuine.size else None,
         "reid_tar_at_far": tar_at_far(probes, gallery, pid, gid, far),

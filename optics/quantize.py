@@ -98,6 +98,51 @@ class QuantizedLens(Lens):
         return quantize_height_ste(super().height_map(), self.levels, *self.h_range)
 
 
+class FabricatedLens(QuantizedLens):
+    """A :class:`QuantizedLens` whose forward model is the fabricated element itself.
+
+    :class:`QuantizedLens` rounds the continuous surface at every pupil sample. The fabrication export instead
+    writes the quantised (M, M) aperture map (``height_map``), and the lab's element is simulated from that map
+    resampled (bilinear) onto the pupil grids, the outside of the aperture filled with the nearest rim height
+    (hardware.fabrication.lens_with_height_map). The two differ at every level edge (a few % of the PSF for a
+    16-level design). This lens uses the second model in training (straight-through quantiser on the map, then the
+    same bilinear resampling), so ``--mode fabricate --levels N`` re-simulates exactly the PSF it was trained with.
+    A checkpoint stores ``quantize = {"levels", "h_min", "h_max", "model": "fabricated"}``.
+    """
+
+    quantize_model = "fabricated"
+
+    def __init__(self, config: LensConfig, levels: int, h_range: tuple[float, float] | None = None):
+        super().__init__(config, levels, h_range)
+        from scipy import ndimage
+
+        m, a = config.height_map_samples, config.aperture_radius
+        c = (np.arange(m) - m // 2) * (2 * a / m)
+        inside = c[None, :] ** 2 + c[:, None] ** 2 <= a * a
+        iy, ix = ndimage.distance_transform_edt(~inside, return_distances=False, return_indices=True)
+        self.register_buffer("fill_index", torch.from_numpy(iy * m + ix).long(), persistent=False)
+        grids = []
+        for pitch in config.pupil_pitches():  # pupil sample -> aperture-grid coordinate (as Lens' pixel map)
+            cc = (torch.arange(config.num_pupil, dtype=torch.float64) - config.num_pupil // 2) * pitch
+            u = 2 * (cc / (2 * a / m) + m // 2) / (m - 1) - 1
+            gy, gx = torch.meshgrid(u, u, indexing="ij")
+            grids.append(torch.stack([gx, gy], dim=-1))
+        self.register_buffer("fab_grid", torch.stack(grids).float(), persistent=False)
+
+    def pupil_height(self) -> torch.Tensor:
+        q = self.height_map()  # (M, M) quantised (straight-through)
+        m = q.shape[-1]
+        filled = q.reshape(-1)[self.fill_index.reshape(-1)].reshape(m, m)
+        hp = filled.to(self.fab_grid.dtype)[None, None].expand(self._L, 1, -1, -1)
+        sampled = torch.nn.functional.grid_sample(hp, self.fab_grid, mode="bilinear", padding_mode="border",
+                                                  align_corners=True)[:, 0]
+        return sampled * (self.aperture > 0).to(sampled.dtype)
+
+
+QUANTIZE_MODELS = {"pupil": QuantizedLens, "fabricated": FabricatedLens}
+"""``quantize["model"]`` of a checkpoint -> lens class (absent = "pupil", the original QuantizedLens)."""
+
+
 def build_lens(config: LensConfig, quantize_levels: int = 0) -> Lens:
     """A Lens, or a QuantizedLens with ``quantize_levels`` levels when that is > 0."""
     return QuantizedLens(config, quantize_levels) if quantize_levels else Lens(config)
@@ -111,7 +156,7 @@ def lens_from_state(lens_config: dict[str, Any], lens_state: dict[str, torch.Ten
     Args:
         lens_config: LensConfig as a dict (``LensConfig.to_dict``).
         lens_state: the lens state_dict (learnable heights).
-        quantize: {"levels", "h_min", "h_max"} for a quantisation-aware lens, or None.
+        quantize: {"levels", "h_min", "h_max"[, "model"]} for a quantisation-aware lens, or None.
         source: file name for error messages.
         overrides: config keys to replace (e.g. object_distance).
 
@@ -121,8 +166,13 @@ def lens_from_state(lens_config: dict[str, Any], lens_state: dict[str, torch.Ten
     data = dict(lens_config)
     data.update(overrides or {})
     config = LensConfig.from_dict(data, source=source)
-    lens = (QuantizedLens(config, quantize["levels"], (quantize["h_min"], quantize["h_max"])) if quantize
-            else Lens(config))
+    if quantize:
+        model = quantize.get("model", "pupil")
+        if model not in QUANTIZE_MODELS:
+            raise ValueError(f"{source}: unknown quantisation model {model!r} (one of {', '.join(QUANTIZE_MODELS)})")
+        lens = QUANTIZE_MODELS[model](config, quantize["levels"], (quantize["h_min"], quantize["h_max"]))
+    else:
+        lens = Lens(config)
     try:
         lens.load_state_dict(lens_state)
     except RuntimeError as err:

@@ -139,8 +139,10 @@ def run(args: argparse.Namespace) -> None:
         log.info("baseline %s", name)
         methods[name] = evaluator.evaluate([apply_baseline(name, im, param) for im in originals])
     if attacks:
+        # two folders carry no attacker split: the inverter trains on half of the pairs (run_attacks says so)
         methods.update(run_attacks(evaluator, attack_camera(args, originals), attacks, args.inverter_iters,
-                                   args.seed, device))
+                                   args.seed, device, inverter_base=args.inverter_base,
+                                   inverter_depth=args.inverter_depth, inverter_loss=args.inverter_loss))
 
     result = dict(methods["generated"])
     result.update({

@@ -169,7 +169,12 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
             methods[name] = evaluator.evaluate(images)
             protected[name] = dict(zip(unique, images))
         if attacks:
-            attacked = run_attacks(evaluator, camera, attacks, args.inverter_iters, args.seed, str(device))
+            # the attacker's own faces (the inverter's training set, and the large gallery's distractors): the
+            # training split, people disjoint from the evaluated held-out ones
+            own = _images(train, list(range(len(train))))
+            attacked = run_attacks(evaluator, camera, attacks, args.inverter_iters, args.seed, str(device),
+                                   attacker_images=own, distractors=own, inverter_base=args.inverter_base,
+                                   inverter_depth=args.inverter_depth, inverter_loss=args.inverter_loss)
             attacked.pop("capture", None)
             methods.update(attacked)
     attribute_info = None

@@ -4,7 +4,13 @@
         [--train_img_dir DIR --val_img_dir DIR] [--lens face-deid | LENS.yaml | STAGE1.ckpt] [--psf PSF.npy]
         [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX]
         [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
-        [--quantize_levels N] [--resume_iter K] [--wandb]
+        [--quantize_levels N] [--lambda_adv W --adversary_base 16 --adversary_depth 3 --adversary_lr 1e-3
+         --adversary_steps 1 --inverter_loss band] [--resume_iter K] [--wandb]
+
+``--lambda_adv > 0`` trains the lens against an inverter adversary (anonymizer/stage1/losses.py explains the
+objective). ``--quantize_levels N`` trains through the N-level height quantiser of the fabrication export; the
+lens' height range is then fixed to +- one design wave (unless the lens file sets one), so that
+``--mode fabricate --levels N`` writes exactly the levels the lens was trained with.
 
 Without image folders the embedded face set is used (pipelines.faces.default_face_dirs). Checkpoints
 (``<step>_optics.ckpt``), sample grids (``samples/<step>_stage1.png``: clean | capture | predicted heatmap |
@@ -55,8 +61,23 @@ def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], 
 def build_stage1_camera(args: argparse.Namespace):
     """The trainable Stage I camera with sensor noise (:func:`pipelines.common.build_camera`): measured PSF
     (--psf), or a lens from a preset / YAML / Stage I checkpoint, quantisation-aware with --quantize_levels."""
-    return build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
-                        quantize_levels=args.quantize_levels, trainable=True)
+    from optics.camera import Camera
+    from optics.quantize import FabricatedLens, QuantizedLens, default_quantize_range
+
+    camera = build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
+                          quantize_levels=args.quantize_levels, trainable=True)
+    lens = camera.lens
+    if isinstance(lens, QuantizedLens) and not isinstance(lens, FabricatedLens):
+        # train through the fabricated element's forward model (optics.quantize.FabricatedLens), with the
+        # quantiser's range recorded in the lens config: fabricate's export then writes the same levels
+        config = lens.config
+        if config.height_range is None:
+            config = config.replace(height_range=list(default_quantize_range(config)))
+        fixed = FabricatedLens(config, lens.levels, lens.h_range)
+        fixed.load_state_dict(lens.state_dict())
+        fixed.requires_grad_(True)
+        camera = Camera(fixed, noise=True)
+    return camera
 
 
 def stage1_config(args: argparse.Namespace, num_landmarks: int):
@@ -66,7 +87,10 @@ def stage1_config(args: argparse.Namespace, num_landmarks: int):
                         heatmap_sigma=args.heatmap_sigma, num_landmarks=num_landmarks,
                         lambda_privacy=args.lambda_privacy, lambda_psf=args.lambda_psf, optics_lr=args.optics_lr,
                         regressor_lr=args.regressor_lr, freeze_lens=args.freeze_lens, seed=args.seed,
-                        regressor=dict(REGRESSOR))
+                        regressor=dict(REGRESSOR), lambda_adv=args.lambda_adv,
+                        adversary={"base": args.adversary_base, "depth": args.adversary_depth},
+                        adversary_lr=args.adversary_lr, adversary_steps=args.adversary_steps,
+                        adversary_loss=args.inverter_loss)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -77,6 +101,11 @@ def run(args: argparse.Namespace) -> None:
 
     if args.total_iters < 1:
         raise ValueError(f"--total_iters must be >= 1, got {args.total_iters}")
+    if args.lambda_adv < 0:
+        raise ValueError(f"--lambda_adv must be >= 0, got {args.lambda_adv}")
+    if args.lambda_adv > 0 and args.img_size % 2 ** args.adversary_depth:
+        raise ValueError(f"--img_size {args.img_size} must be a multiple of 2 ** --adversary_depth "
+                         f"({2 ** args.adversary_depth})")
     if args.resume_iter < 0 or args.resume_iter > args.total_iters:
         raise ValueError(f"--resume_iter {args.resume_iter} must be in [0, --total_iters {args.total_iters}]")
     device = resolve_device(args.device)
@@ -113,9 +142,10 @@ def run(args: argparse.Namespace) -> None:
         if val_set is not None and (step % max(1, args.sample_every) == 0 or step == args.total_iters):
             save_image(ckpt_dir / "samples" / f"{step:06d}_stage1.png", trainer.sample_grid(val_set))
             metrics = trainer.evaluate(val_set)
-            log.info("step %d val: heatmap=%.4f nme=%s (%d/%d images with a face)", step, metrics["heatmap"],
+            rho = metrics["adversary_identity_correlation"]
+            log.info("step %d val: heatmap=%.4f nme=%s (%d/%d images with a face)%s", step, metrics["heatmap"],
                      "n/a" if metrics["nme"] is None else f"{metrics['nme']:.4f}", metrics["num_valid"],
-                     metrics["num_images"])
+                     metrics["num_images"], "" if rho is None else f" adversary identity-band corr={rho:.4f}")
             if logger is not None:
                 logger(step, {"val/heatmap": metrics["heatmap"],
                               **({"val/nme": metrics["nme"]} if metrics["nme"] is not None else {})})

@@ -19,6 +19,23 @@ left). It depends only on the optics, so it is cheap, physically meaningful and 
 regressor. A differentiable identity network is not available offline (dlib's ResNet is not differentiable),
 so identity is measured, not optimised, by the benchmark's dlib re-identification.
 
+Adversarial privacy term (``adversarial_privacy_loss``), the one that holds against a learned attacker. The
+threat model: the attacker owns the camera (or measured its PSF), has public faces and compute, and steals raw
+captures. So Stage I trains, alongside the lens and the regressor, an inverter adversary A (a U-Net,
+metrics.attacks.Inverter) that turns captures back into faces, and plays the min-max game
+
+    min_A   E[ L_inv(A(y), x) ]                                          (the attacker, on detached captures)
+    min_{lens, R}  L_task(R(y)) + lambda_adv * E[ max(0, rho_band(A(y), x)) ] + lambda_privacy * L_priv + ...
+
+with y = Camera(x) (fresh sensor noise every step) and rho_band the normalised cross-correlation of the
+identity band (4-16 cycles per face width) of the adversary's reconstruction and the clean face
+(metrics.attacks.identity_correlation). rho_band is bounded (a lens cannot "win" by making the pixel error
+arbitrarily large, e.g. through a brightness shift the regressor does not care about), is 0 when the band is
+gone, and is exactly what the adversary's loss (L1 + 1 - rho_band, metrics.attacks.inverter_loss) maximises:
+the lens is rewarded only for identity detail the current best inverter cannot restore, i.e. for information
+destroyed below the sensor noise and the ADC step, not merely attenuated (the frequency-band proxy above rewards
+attenuation, which a learned inverter undoes). The task term keeps the landmark geometry decodable.
+
 PSF regularisers (``psf_regularizer``), weighted by ``--lambda_psf``:
   * border energy: fraction of each PSF channel's energy in the outer 1/8 of the PSF window; energy there is
     about to leave the simulated window (the normalisation would silently hide it);
@@ -33,6 +50,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from metrics.inverter import IDENTITY_BAND, identity_correlation
 from optics.lens import Lens
 
 FACE_WIDTH_FRACTION = 0.66
@@ -88,6 +106,21 @@ def privacy_mtf_loss(psf: torch.Tensor, img_size: int, band: tuple[float, float 
     mtf2 = (otf.real ** 2 + otf.imag ** 2) / (psf.sum(dim=(-2, -1)) ** 2)[:, None, None].clamp_min(1e-30)
     weights = identity_band_weights(size, img_size, band, face_width_fraction).to(mtf2)
     return (mtf2 * weights).sum(dim=(-2, -1)).mean()
+
+
+def adversarial_privacy_loss(estimate: torch.Tensor, clean: torch.Tensor,
+                             band: tuple[float, float | None] | None = None) -> torch.Tensor:
+    """Identity-band correlation the adversary achieves, clipped at 0 (see the module docstring).
+
+    Args:
+        estimate: (B, 3, H, W) the adversary's reconstruction A(y) (differentiable in the capture y).
+        clean: (B, 3, H, W) in [0, 1] the clean faces.
+        band: identity band [cycles per face width]; default metrics.attacks.IDENTITY_BAND.
+
+    Returns:
+        scalar in [0, 1].
+    """
+    return identity_correlation(estimate, clean, band or IDENTITY_BAND).clamp_min(0.0).mean()
 
 
 def psf_border_energy(psf: torch.Tensor, border_fraction: float = 0.125) -> torch.Tensor:

@@ -5,7 +5,15 @@ Objective per step (weights are explicit arguments, see :class:`Stage1Config`):
     L = L_heatmap(R(Camera(x)), H(teacher(x)))              relative weighted heatmap error, 1 = predict zeros
       + lambda_coord * NME(soft_argmax(R(Camera(x))), teacher(x))     per-landmark mode only
       + lambda_privacy * L_priv(PSF)                        identity-band power transmitted (stage1/losses.py)
+      + lambda_adv * max(0, rho_band(A(Camera(x)), x))       adversarial privacy: identity-band correlation that
+                                                            the inverter adversary A restores (stage1/losses.py)
       + lambda_psf * (border energy + phase step)(PSF)      buildability / valid simulation (stage1/losses.py)
+
+With ``lambda_adv > 0`` the adversary A (metrics.attacks.Inverter) is trained in the same step, after the lens
+and regressor update, on the detached captures with the attacker's own loss (metrics.attacks.inverter_loss):
+a min-max game in which the lens is rewarded only for identity detail that the current best inverter cannot
+restore (the objective is explained in stage1/losses.py). Its state and optimiser are in the checkpoint
+(``adversary``, ``optims["adversary"]``); ``evaluate`` reports its identity-band correlation on held-out pairs.
 
 Captures use the camera's sensor noise, drawn from a generator seeded by (seed, step); the images of step t
 are a function of (seed, t) (a fresh permutation per epoch). A checkpoint holds the optimisers and the RNG
@@ -32,7 +40,9 @@ from torch import nn
 
 from anonymizer.stage1.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
                                        num_heatmap_channels, soft_argmax)
-from anonymizer.stage1.losses import DEFAULT_PRIVACY_BAND, privacy_mtf_loss, psf_regularizer
+from anonymizer.stage1.losses import (DEFAULT_PRIVACY_BAND, adversarial_privacy_loss, privacy_mtf_loss,
+                                      psf_regularizer)
+from metrics.inverter import IDENTITY_BAND, Inverter, identity_correlation, inverter_loss
 from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from data.files import plain
 from optics.binning import capture_psf, psf_binning
@@ -62,6 +72,12 @@ class Stage1Config:
         privacy_band: identity band (low, high) [cycles per face width], high None = Nyquist.
         seed: seed of the data order, the noise and the initialisation.
         regressor: HeatmapRegressor keyword arguments (besides in/out channels).
+        lambda_adv: weight of the adversarial privacy term (0 = no adversary).
+        adversary: metrics.attacks.Inverter keyword arguments (base, depth) of the adversary.
+        adversary_lr: Adam learning rate of the adversary.
+        adversary_steps: adversary updates per Stage I step.
+        adversary_loss: the adversary's loss (metrics.attacks.INVERTER_LOSSES).
+        identity_band: band [cycles per face width] of the adversarial term.
     """
     img_size: int = 128
     batch_size: int = 8
@@ -77,6 +93,12 @@ class Stage1Config:
     privacy_band: tuple = DEFAULT_PRIVACY_BAND
     seed: int = 777
     regressor: dict = field(default_factory=lambda: {"base": 16, "depth": 3})
+    lambda_adv: float = 0.0
+    adversary: dict = field(default_factory=lambda: {"base": 16, "depth": 3})
+    adversary_lr: float = 1e-3
+    adversary_steps: int = 1
+    adversary_loss: str = "band"
+    identity_band: tuple = IDENTITY_BAND
 
     @property
     def sigma(self) -> float:
@@ -179,6 +201,11 @@ class Stage1Trainer:
         self.opt_lens = None
         if self.train_lens:
             self.opt_lens = torch.optim.Adam(self.lens.parameters(), lr=config.optics_lr * self.lens.config.wave_height, betas=(0.9, 0.999))
+        self.adversary: Inverter | None = None
+        self.opt_adversary = None
+        if config.lambda_adv > 0:
+            self.adversary = Inverter(**config.adversary).to(self.device)
+            self.opt_adversary = torch.optim.Adam(self.adversary.parameters(), lr=config.adversary_lr)
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._fixed_psf: torch.Tensor | None = None
@@ -227,6 +254,14 @@ class Stage1Trainer:
                 parts[f"psf_{k}"] = v
             if grad_ok:
                 total = total + cfg.lambda_privacy * l_priv + cfg.lambda_psf * sum(regs.values())
+        if self.adversary is not None:
+            # the adversary is a fixed opponent in this pass: gradients flow through it into the capture only
+            self.adversary.requires_grad_(False)
+            l_adv = adversarial_privacy_loss(self.adversary(capture.clamp(0, 1)), images, tuple(cfg.identity_band))
+            self.adversary.requires_grad_(True)
+            parts["adv_privacy"] = l_adv
+            if psf is not None and self.train_lens:
+                total = total + cfg.lambda_adv * l_adv
         parts["total"] = total
         scalars = {k: float(v.detach()) for k, v in parts.items()}
         return total, scalars, {"capture": capture, "pred": pred, "target": target}
@@ -240,7 +275,7 @@ class Stage1Trainer:
         self.regressor.train()
         idx = batch_indices(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
         images, landmarks, found = (t.to(self.device) for t in self.train_set.batch(idx))
-        total, scalars, _ = self.losses(images, landmarks, found, self._generator(self.step))
+        total, scalars, extras = self.losses(images, landmarks, found, self._generator(self.step))
         self.opt_regressor.zero_grad(set_to_none=True)
         if self.opt_lens is not None:
             self.opt_lens.zero_grad(set_to_none=True)
@@ -250,10 +285,24 @@ class Stage1Trainer:
             self.opt_lens.step()
             if self.step % PROJECT_EVERY == PROJECT_EVERY - 1:
                 self.lens.project()
+        if self.adversary is not None:
+            scalars.update(self.adversary_step(images, extras["capture"].detach()))
         scalars["valid"] = float(found.sum())
         self.step += 1
         self.history.append(scalars)
         return scalars
+
+    def adversary_step(self, images: torch.Tensor, capture: torch.Tensor) -> dict[str, float]:
+        """``adversary_steps`` Adam steps of the adversary on (capture (B, 3, S, S) detached, clean images)."""
+        out = {}
+        for _ in range(max(1, self.cfg.adversary_steps)):
+            est = self.adversary(capture.clamp(0, 1))
+            loss = inverter_loss(est, images, self.cfg.adversary_loss, tuple(self.cfg.identity_band))
+            self.opt_adversary.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt_adversary.step()
+            out["adversary_loss"] = float(loss.detach())
+        return out
 
     # --------------------------------------------------------------------------------------------- evaluation
     @torch.no_grad()
@@ -266,7 +315,7 @@ class Stage1Trainer:
         self.regressor.eval()
         psf = self.capture_psf()
         gen = self._generator(-1, salt)
-        hm, nmes, n_valid = [], [], 0
+        hm, nmes, n_valid, rho = [], [], 0, []
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(len(data), start + batch_size)))
             images, landmarks, found = (t.to(self.device) for t in data.batch(idx))
@@ -276,13 +325,19 @@ class Stage1Trainer:
             if found.any():
                 hm.append(float(heatmap_loss(pred, target, found)) * int(found.sum()))
             n_valid += int(found.sum())
+            if self.adversary is not None:
+                self.adversary.eval()
+                rho += identity_correlation(self.adversary(capture.clamp(0, 1)), images,
+                                            tuple(self.cfg.identity_band)).cpu().tolist()
+                self.adversary.train()
             if self.cfg.heatmap_mode == "landmarks":
                 nme = landmark_nme(soft_argmax(pred), torch.nan_to_num(landmarks))
                 nmes += [float(v) if ok else float("nan") for v, ok in zip(nme.cpu(), found.cpu())]
         self.regressor.train()
         valid_nme = [v for v in nmes if v == v]
         return {"heatmap": sum(hm) / max(1, n_valid), "nme": float(np.mean(valid_nme)) if valid_nme else None,
-                "num_images": len(data), "num_valid": n_valid, "per_image_nme": nmes}
+                "num_images": len(data), "num_valid": n_valid, "per_image_nme": nmes,
+                "adversary_identity_correlation": float(np.mean(rho)) if rho else None}
 
     @torch.no_grad()
     def sample_grid(self, data: FaceLandmarkSet, num: int = 4) -> np.ndarray:
@@ -309,7 +364,8 @@ class Stage1Trainer:
         lens = self.lens
         quant = None
         if isinstance(lens, QuantizedLens):
-            quant = {"levels": lens.levels, "h_min": lens.h_range[0], "h_max": lens.h_range[1]}
+            quant = {"levels": lens.levels, "h_min": lens.h_range[0], "h_max": lens.h_range[1],
+                     "model": getattr(lens, "quantize_model", "pupil")}
         psf = None
         if lens is None and hasattr(self.camera, "fixed_psf"):
             psf = self.camera.fixed_psf.detach().cpu()
@@ -326,8 +382,12 @@ class Stage1Trainer:
             "regressor": {k: v.detach().cpu() for k, v in self.regressor.state_dict().items()},
             "heatmap": {"mode": cfg.heatmap_mode, "sigma": cfg.sigma, "num_channels": self.num_channels,
                         "img_size": cfg.img_size, "teacher": self.teacher, "num_landmarks": cfg.num_landmarks},
+            "adversary_config": dict(self.cfg.adversary) if self.adversary is not None else None,
+            "adversary": ({k: v.detach().cpu() for k, v in self.adversary.state_dict().items()}
+                          if self.adversary is not None else None),
             "optims": {"regressor": self.opt_regressor.state_dict(),
-                       "lens": self.opt_lens.state_dict() if self.opt_lens is not None else None},
+                       "lens": self.opt_lens.state_dict() if self.opt_lens is not None else None,
+                       "adversary": self.opt_adversary.state_dict() if self.opt_adversary is not None else None},
             "rng": rng_state(),
             "history": [dict(h) for h in self.history],
         }
@@ -358,6 +418,12 @@ class Stage1Trainer:
             self._fixed_psf = None
         if self.opt_lens is not None and state["optims"]["lens"] is not None:
             self.opt_lens.load_state_dict(state["optims"]["lens"])
+        if self.adversary is not None:
+            if state.get("adversary") is None:
+                raise ValueError(f"{path}: no 'adversary' in this checkpoint, but this run has --lambda_adv "
+                                 f"{self.cfg.lambda_adv} (resume with --lambda_adv 0 or start a new run)")
+            self.adversary.load_state_dict(state["adversary"])
+            self.opt_adversary.load_state_dict(state["optims"]["adversary"])
         set_rng_state(state["rng"])
         self.step = int(state["step"])
         self.history = [dict(h) for h in state.get("history", [])][: self.step]

@@ -6,7 +6,8 @@ import pytest
 
 from metrics.attacks import (apply_psf, attribute_attack, check_psf, gaussian_psf, invert, majority_rate,
                              richardson_lucy_attack, train_inverter, wiener_attack)
-from metrics.identity import mean_match_distance, reid_metrics
+from metrics.identity import gallery_reid, mean_match_distance, rank_k, reid_metrics
+from metrics.inverter import Inverter, band_pass, identity_correlation, inverter_loss, train_camera_inverter
 
 
 def test_apply_psf_delta_and_shift():
@@ -83,3 +84,72 @@ def test_psf_validation():
     with pytest.raises(ValueError, match=r"\(C, h, w\)"):
         check_psf(np.ones((2, 3, 3)))
     np.testing.assert_allclose(check_psf(np.ones((1, 2, 2))).sum(axis=(1, 2)), 1.0)
+
+
+# ------------------------------------------------------------------------------------- the learned inverter
+def test_band_pass_keeps_in_band_cosines_and_removes_the_rest():
+    import torch
+
+    n = 64  # face width = 0.66 * 64 px: k cycles per image = k / 0.66 cycles per face width
+    x = torch.arange(n, dtype=torch.float64)
+    inside = torch.cos(2 * np.pi * 8 * x / n)[None, None, None, :].expand(1, 1, n, n)  # 5.3 c/face: in band
+    outside = torch.cos(2 * np.pi * 2 * x / n)[None, None, None, :].expand(1, 1, n, n)  # 1.3 c/face: below
+    torch.testing.assert_close(band_pass(inside + outside, (4.0, 16.0)), inside, atol=1e-9, rtol=0)
+    assert float(identity_correlation(inside + 3 * outside, inside)) == pytest.approx(1.0, abs=1e-9)
+    assert float(identity_correlation(outside, inside + outside)) == pytest.approx(0.0, abs=1e-6)
+    assert float(identity_correlation(-inside, inside)) == pytest.approx(-1.0, abs=1e-9)
+
+
+def test_inverter_shapes_and_loss_validation():
+    import torch
+
+    net = Inverter(base=4, depth=3)
+    x = torch.rand(2, 3, 32, 40)
+    assert net(x).shape == x.shape and net.multiple == 8
+    with pytest.raises(ValueError, match="unknown inverter loss"):
+        inverter_loss(x, x, "vgg")
+    assert float(inverter_loss(x, x, "band")) == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(ValueError, match="multiples of 8"):
+        train_camera_inverter(lambda im, generator=None: im, torch.rand(2, 3, 30, 32), iters=1, depth=3)
+
+
+def test_rank_k_and_large_gallery_closed_form():
+    g = np.eye(4)
+    p = g[[1, 0, 2, 3]] + 0.01  # probes 0 and 1 look like each other's photo
+    assert rank_k(p, g, k=1) == 0.5 and rank_k(p, g, k=2) == 1.0
+    # an identity with two gallery images counts once (probe 0 is 2nd nearest identity, not 3rd)
+    g2 = np.concatenate([g, g[1:2] * 0.99])
+    assert rank_k(p[:1], g2, [0], [0, 1, 2, 3, 1], k=2) == 1.0
+    # a distractor nearer than the own photo defeats rank-1 in the large gallery only
+    distractor = g[2:3] * 1.0 + 0.011
+    out = gallery_reid(p, [0, 1, 2, 3], g, [0, 1, 2, 3], distractor)
+    assert out["heldout"]["rank1"] == 0.5 and out["heldout"]["chance_rank1"] == 0.25
+    assert out["large"]["rank1"] == 0.25 and out["large"]["num_identities"] == 5
+    assert out["large"]["chance_rank5"] == 1.0
+    with pytest.raises(ValueError, match="not in the gallery"):
+        gallery_reid(p, [0, 1, 2, 9], g, [0, 1, 2, 3])
+
+
+@pytest.mark.slow
+def test_camera_inverter_recovers_identity_from_a_mild_blur(embedder, nba_faces):
+    """The attack is real: trained on 5 people's fresh captures, it brings 3 other people's blurred captures
+    closer to their own identity (dlib) and restores their identity band."""
+    import torch
+
+    from optics.camera import Camera
+
+    crops = [np.ascontiguousarray(f[30:126, 80:176]) for f in nba_faces]  # 96 px face crops
+    x = torch.from_numpy(np.stack(crops).transpose(0, 3, 1, 2))
+    camera = Camera(torch.from_numpy(gaussian_psf(2.0)).float(), noise=True)
+    net = train_camera_inverter(camera, x[:5], iters=150, batch_size=4, base=8, depth=2, lr=2e-3, seed=0)
+    with torch.no_grad():
+        caps = camera(x[5:], generator=torch.Generator().manual_seed(0))
+    captures = [c.permute(1, 2, 0).numpy().copy() for c in caps]
+    restored = invert(net, captures)
+    gallery = embedder.embed(crops[5:])
+    assert mean_match_distance(embedder.embed(restored), gallery) < mean_match_distance(
+        embedder.embed(captures), gallery) - 0.02
+    as_t = lambda ims: torch.from_numpy(np.stack(ims).transpose(0, 3, 1, 2))  # noqa: E731
+    rho_capture = identity_correlation(as_t(captures), x[5:]).mean()
+    rho_restored = identity_correlation(as_t(restored), x[5:]).mean()
+    assert rho_restored > rho_capture + 0.1
