@@ -119,7 +119,10 @@ class Lens(nn.Module):
     def pupil_height(self) -> torch.Tensor:
         """Surface height [m] sampled on each wavelength's pupil grid: (L, N, N) (meaningful where
         ``aperture`` > 0; the Zernike polynomials are continued past the edge)."""
-        h = torch.einsum("k,lkij->lij", self.zernike_coeffs.to(self.basis.dtype), self.basis)
+        L, K, n = self.basis.shape[0], self.basis.shape[1], self.basis.shape[-1]
+        # (1, K) @ (L, K, N^2): a batched matrix product on the stored layout (einsum would copy the basis)
+        coeffs = self.zernike_coeffs.to(self.basis.dtype)
+        h = torch.bmm(coeffs.expand(L, 1, K), self.basis.view(L, K, n * n)).view(L, n, n)
         if self.height_pixels is not None:
             hp = self.height_pixels.to(self.basis.dtype)[None, None].expand(self._L, 1, -1, -1)
             sampled = nn.functional.grid_sample(hp, self.sample_grid.to(hp.dtype), mode="bilinear",

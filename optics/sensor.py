@@ -96,6 +96,39 @@ def poisson_gaussian_noise(electrons: torch.Tensor, read_noise: float, generator
     return mu + torch.sqrt((mu + read_noise ** 2).clamp_min(1e-12)) * eps
 
 
+class _GaussianCapture(torch.autograd.Function):
+    """The whole sensor chain with the Gaussian shot-noise approximation in one pass (forward and backward).
+
+    Same values and first derivative as electrons -> poisson_gaussian_noise -> clamp -> quantize_ste written as
+    separate ops: d out / d x = [x >= 0] (1 + eps / (2 sigma)) [0 <= e <= full_well] [0 <= e / E_white <= 1],
+    sigma = sqrt(mu + read_noise^2), but with one saved tensor instead of a dozen intermediate ones.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, eps: torch.Tensor, white: float, read_noise: float, full_well: float,
+                levels: float | None) -> torch.Tensor:
+        mu = (x * white).clamp_min_(0)
+        sigma = (mu + read_noise ** 2).clamp_min_(1e-12).sqrt_()
+        e = torch.addcmul(mu, sigma, eps)
+        if ctx.needs_input_grad[0]:
+            slope = eps / sigma
+            slope.mul_(0.5).add_(1)
+            if read_noise ** 2 < 1e-12:  # where sigma is clamped it does not depend on mu
+                slope = torch.where(mu + read_noise ** 2 >= 1e-12, slope, torch.ones_like(slope))
+            keep = (e >= 0) & (e <= min(full_well, white)) & (x >= 0)
+            ctx.save_for_backward(slope.mul_(keep))
+        out = e.clamp_(0.0, full_well).div_(white).clamp_(0.0, 1.0)
+        if levels is not None:
+            out = out.mul_(levels).round_().div_(levels)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (slope,) = ctx.saved_tensors
+        return grad * slope, None, None, None, None, None
+
+
 class Sensor(nn.Module):
     """Differentiable sensor: irradiance in [0, 1] -> digital image in [0, 1] (see module docstring)."""
 
@@ -120,6 +153,12 @@ class Sensor(nn.Module):
             (B, C, H, W) digital values in [0, 1].
         """
         cfg = self.config
+        if noise and not cfg.exact_poisson:
+            eps = torch.randn(irradiance.shape, generator=generator, dtype=irradiance.dtype,
+                              device=irradiance.device)
+            levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)
+            return _GaussianCapture.apply(irradiance, eps, cfg.electrons_at_white, float(cfg.read_noise),
+                                          float(cfg.full_well), levels)
         e = self.electrons(irradiance)
         if noise:
             e = poisson_gaussian_noise(e, cfg.read_noise, generator, cfg.exact_poisson)
