@@ -50,8 +50,10 @@ PLOTTED = ("iou", "landmarks_px", "pose_error_deg", "euler_cosine", "diffscore",
 
 def pose_error(a: np.ndarray, b: np.ndarray) -> float:
     """Geodesic angle [deg] between the rotations of two ``(pitch, yaw, roll)`` [deg] triples."""
+    from scipy.spatial.transform import Rotation
+
     rel = euler_to_rotation(a).T @ euler_to_rotation(b)
-    return float(np.degrees(np.arccos(np.clip((np.trace(rel) - 1.0) / 2.0, -1.0, 1.0))))
+    return float(np.degrees(Rotation.from_matrix(rel).magnitude()))  # accurate near 0, unlike arccos
 
 
 def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:

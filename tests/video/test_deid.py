@@ -8,7 +8,7 @@ import torch
 
 from data.align import align_face, alignment_transform
 from video.deid import (Deidentifier, blur_box, crop_aligned, face_mask, paste_aligned, pixelate_box)
-from video.frames import frames_to_tensor, tensor_to_frames
+from video.frames import frames_to_tensor
 
 
 def _aligned(moving_face, t, size=128):

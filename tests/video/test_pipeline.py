@@ -7,30 +7,38 @@ import numpy as np
 import pytest
 
 import main
-from tests.video.conftest import FPS, HEIGHT, NUM_FRAMES, WIDTH
+from tests.video.conftest import FPS, HEIGHT, WIDTH
 from video.io import count_frames, probe
+
+CLIP_FRAMES = 16
+"""Frames of the clip the fast end-to-end test runs on (the first of the session video, audio copied)."""
 
 
 def test_video_pixelate_then_video_eval(moving_face, landmark_extractor, tmp_path):
     from video.attributes import extract_attributes, save_attributes
+    from video.io import VideoWriter
 
-    out, js, gt = tmp_path / "out.mp4", tmp_path / "out.json", tmp_path / "gt.json"
-    save_attributes(gt, extract_attributes(moving_face.frames, moving_face.tracks, landmark_extractor))
-    assert main.main(["--mode", "video", "--input", str(moving_face.path), "--output", str(out), "--json", str(js),
+    n = CLIP_FRAMES
+    clip, out, js, gt = tmp_path / "clip.mp4", tmp_path / "out.mp4", tmp_path / "out.json", tmp_path / "gt.json"
+    with VideoWriter(clip, FPS, WIDTH, HEIGHT, audio_from=moving_face.path) as w:
+        for f in moving_face.frames[:n]:
+            w.write(f)
+    save_attributes(gt, extract_attributes(moving_face.frames[:n], moving_face.tracks[:n], landmark_extractor))
+    assert main.main(["--mode", "video", "--input", str(clip), "--output", str(out), "--json", str(js),
                       "--method", "pixelate", "--level", "30", "--device", "cpu", "--batch_size", "16"]) == 0
     info = probe(out)
     assert (info.fps, info.width, info.height, info.has_audio) == (FPS, WIDTH, HEIGHT, True)
-    assert count_frames(out) == NUM_FRAMES
+    assert count_frames(out) == n
     records = json.loads(js.read_text())
-    assert len(records) == NUM_FRAMES and [r["frame_id"] for r in records] == list(range(NUM_FRAMES))
+    assert len(records) == n and [r["frame_id"] for r in records] == list(range(n))
     report = tmp_path / "eval"
     assert main.main(["--mode", "video_eval", "--gt", str(gt), "--pred", str(js), "--out", str(report)]) == 0
     summary = json.loads((report / "summary.json").read_text())
-    assert summary["faces"] == NUM_FRAMES and summary["frame_count_pred"] == NUM_FRAMES
+    assert summary["faces"] == n and summary["frame_count_pred"] == n
     # 30 x 30 blocks keep the geometry readable: MTCNN still finds the face where it was
     assert summary["detection_rate"] > 0.9 and summary["iou"] > 0.8
     rows = (report / "frames.csv").read_text().splitlines()
-    assert len(rows) == NUM_FRAMES + 1
+    assert len(rows) == n + 1
     assert (report / "plot_iou.png").stat().st_size > 1000
 
 
