@@ -142,6 +142,8 @@ class _PackedConvolution(torch.autograd.Function):
             for i in range(1, fz.shape[0]):
                 spec.addcmul_(fz[i].conj(), fg[i])
             grad_psf = torch.fft.ifft2(spec).real[..., :h, :w]
+            if grad_psf.shape[-2:] != (h, w):  # PSF larger than the FFT grid: its outer rows only meet zeros
+                grad_psf = torch.nn.functional.pad(grad_psf, (0, w - grad_psf.shape[-1], 0, h - grad_psf.shape[-2]))
             grad_psf = grad_psf.sum(dim=0, keepdim=True) if ctx.psf_channels == 1 else grad_psf
         return grad_image, grad_psf, None
 

@@ -64,3 +64,23 @@ def test_camera_noise_statistics_and_gradient():
 def test_camera_rejects_bad_psf():
     with pytest.raises(ValueError, match="non-negative"):
         Camera(-torch.ones(3, 5, 5))
+
+
+def test_camera_follows_the_input_and_a_delta_psf_is_the_identity(device, dtype):
+    from tests.helpers import small_lens_config
+    from optics.lens import Lens
+
+    delta = torch.zeros(3, 5, 5)
+    delta[:, 2, 2] = 1
+    camera = Camera(delta, SensorConfig(bit_depth=None, full_well=1e9), noise=False).to(device, dtype)
+    image = torch.rand(3, 3, 16, 20, dtype=dtype, generator=torch.Generator().manual_seed(0)).to(device) * 0.9
+    out = camera(image)
+    assert out.dtype == dtype and out.device.type == device.type
+    assert torch.allclose(out, image, atol=10 * torch.finfo(dtype).eps)
+    # a lens camera on the device: PSF, capture and the Zernike gradient follow the module
+    lens_cam = Camera(Lens(small_lens_config()), noise=True).to(device, dtype)
+    capture = lens_cam(image, generator=torch.Generator(device=device).manual_seed(1))
+    assert capture.dtype == dtype and capture.device.type == device.type
+    capture.mean().backward()
+    grad = lens_cam.lens.zernike_coeffs.grad
+    assert grad.dtype == dtype and grad.device.type == device.type and bool(torch.isfinite(grad).all())

@@ -21,18 +21,29 @@ def direct_same_convolution(image: torch.Tensor, psf: torch.Tensor) -> torch.Ten
     return F.conv2d(padded, kernel, groups=C)
 
 
-@pytest.mark.parametrize("psf_shape", [(3, 7, 7), (3, 8, 6), (3, 31, 40), (3, 45, 45)])
-def test_fft_convolve_equals_direct_convolution_including_edges(psf_shape):
+@pytest.mark.parametrize("psf_shape", [(3, 7, 7), (3, 8, 6), (3, 31, 40), (3, 45, 45), (1, 9, 9)])
+@pytest.mark.parametrize("batch", [1, 3])  # odd batches: the packed path pairs images with a zero image
+def test_fft_convolve_equals_direct_convolution_including_edges(psf_shape, batch, device, dtype):
     g = torch.Generator().manual_seed(0)
-    image = torch.rand(2, 3, 37, 41, generator=g, dtype=torch.float64)
+    image = torch.rand(batch, 3, 37, 41, generator=g, dtype=torch.float64)
     psf = torch.rand(*psf_shape, generator=g, dtype=torch.float64)
-    out = fft_convolve(image, psf)
-    ref = direct_same_convolution(image, psf)
-    assert out.shape == image.shape
-    assert torch.allclose(out, ref, atol=1e-5 * float(ref.abs().max()))
+    ref = direct_same_convolution(image, psf.expand(3, *psf_shape[1:]))
+    out = fft_convolve(image.to(device, dtype), psf.to(device, dtype))
+    assert out.shape == image.shape and out.dtype == dtype and out.device.type == device.type
+    tol = 1e-10 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(out.double().cpu(), ref, atol=tol * float(ref.abs().max()))
     # linear, not circular: a constant image darkens at the borders (zeros come in, nothing wraps around)
-    flat = fft_convolve(torch.ones(1, 3, 37, 41, dtype=torch.float64), psf / psf.sum(dim=(-2, -1), keepdim=True))
+    flat = fft_convolve(torch.ones(1, 3, 37, 41, dtype=dtype, device=device),
+                        (psf / psf.sum(dim=(-2, -1), keepdim=True)).to(device, dtype))
     assert bool((flat[0, :, 0, 0] < 0.75 * flat[0, :, 18, 20]).all())
+
+
+def test_fft_convolve_gradcheck_shared_and_per_sample_psf(device):
+    g = torch.Generator().manual_seed(5)
+    image = torch.rand(3, 2, 4, 5, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+    for psf_shape in [(2, 3, 5), (1, 4, 4), (3, 2, 3, 5), (2, 11, 3)]:  # the last is taller than the FFT grid
+        psf = torch.rand(*psf_shape, generator=g, dtype=torch.float64).to(device).requires_grad_(True)
+        assert torch.autograd.gradcheck(fft_convolve, (image, psf))
 
 
 def test_fft_convolve_matches_scipy_float32_and_per_sample_psf():

@@ -21,7 +21,7 @@ def airy_lens():
     cfg = load_lens_config("in-focus", focus_distance=math.inf, object_distance=math.inf, aperture_radius=0.5e-3,
                            pupil_samples=1024, psf_size=512, wavelengths=[550e-9], design_wavelength=550e-9,
                            zernike_indices=[4])
-    return Lens(cfg)
+    return Lens(cfg).double()  # closed-form physics in float64
 
 
 def test_airy_first_zero_and_encircled_energy(airy_lens):
@@ -59,7 +59,7 @@ def test_lens_psf_equals_single_fft_fresnel_propagation(airy_lens):
     assert pitch == pytest.approx(cfg.pixel_pitch, rel=1e-12)
     inten = (field.abs() ** 2)[256:768, 256:768]
     inten = inten / inten.sum()
-    assert torch.allclose(airy_lens.psf()[0].double().detach(), inten, atol=1e-6 * float(inten.max()))
+    assert torch.allclose(airy_lens.psf()[0].detach(), inten, atol=1e-6 * float(inten.max()))
 
 
 @pytest.fixture(scope="module")
@@ -131,3 +131,17 @@ def test_sensor_distance_delta_is_a_refocus(face_lens):
     assert torch.allclose(a.detach(), b, atol=1e-6)
     (a * torch.rand_like(a)).sum().backward()
     assert delta_t.grad is not None and bool(torch.isfinite(delta_t.grad)) and float(delta_t.grad) != 0
+
+
+def test_lens_psf_follows_the_module_device_and_dtype(device, dtype):
+    from tests.helpers import small_lens_config
+
+    ref = Lens(small_lens_config(zernike={4: 1e-7, 6: -5e-8})).double().psf().detach()
+    lens = Lens(small_lens_config(zernike={4: 1e-7, 6: -5e-8})).to(device, dtype)
+    psf = lens.psf()
+    assert psf.dtype == dtype and psf.device.type == device.type and psf.shape == (3, 64, 64)
+    assert torch.allclose(psf.sum(dim=(-2, -1)), torch.ones(3, dtype=dtype, device=device),
+                          atol=100 * torch.finfo(dtype).eps)
+    # float32 agrees with the float64 evaluation of the same lens to float32 precision
+    tol = 1e-12 if dtype == torch.float64 else 1e-5
+    assert torch.allclose(psf.detach().double().cpu(), ref, atol=tol * float(ref.max()))

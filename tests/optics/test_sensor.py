@@ -58,3 +58,28 @@ def test_bad_sensor_config_names_key():
         SensorConfig(qe=1.5)
     with pytest.raises(ValueError, match="bit_depth"):
         SensorConfig(bit_depth=0)
+
+
+@pytest.mark.parametrize("cfg", [SensorConfig(), SensorConfig(bit_depth=None, full_well=8000.0),
+                                 SensorConfig(read_noise=0.0, bit_depth=4)], ids=["8bit", "float-fullwell", "noread"])
+def test_fused_noisy_capture_equals_the_op_by_op_chain(cfg, device, dtype):
+    # the sensor's one-pass autograd function against the documented chain written op by op, same noise draw
+    def chain(x, gen):
+        e = poisson_gaussian_noise(x * cfg.electrons_at_white, cfg.read_noise, gen)
+        y = torch.clamp(e, 0.0, cfg.full_well) / cfg.electrons_at_white
+        return y.clamp(0, 1) if cfg.bit_depth is None else quantize_ste(y, cfg.bit_depth)
+
+    g = torch.Generator().manual_seed(2)
+    x = (torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64) * 1.4 - 0.2).to(dtype).requires_grad_(True)
+    w = torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64).to(dtype)
+    fused = Sensor(cfg)(x, generator=torch.Generator().manual_seed(9))
+    ref = chain(x, torch.Generator().manual_seed(9))
+    assert fused.dtype == dtype
+    eps = torch.finfo(dtype).eps
+    assert torch.allclose(fused, ref, atol=8 * eps)
+    ga, = torch.autograd.grad((fused * w).sum(), x)
+    gb, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(ga, gb, atol=64 * eps) and float(ga.abs().sum()) > 0
+    # on the device: values stay on it and in range
+    out = Sensor(cfg)(x.detach().to(device))
+    assert out.device.type == device.type and out.dtype == dtype and float(out.min()) >= 0 and float(out.max()) <= 1
