@@ -113,14 +113,15 @@ class LensConfig:
             return cached[1]
         choice = sampling.choose_pupil_samples(self, lambda k, m: LensConfigError(k, m, source))
         self.__dict__["_sampling_cache"] = (key, choice)
+        name = self.name or "(unnamed)"
         if choice.samples != self.psf_size:
             log.info("lens %s: pupil grid %d x %d chosen automatically (%s; %.1f samples across the aperture, "
-                     "phase step %.2f rad, ~%s); set pupil_samples to override", self.name or "(unnamed)", choice.samples,
+                     "phase step %.2f rad, ~%s); set pupil_samples to override", name, choice.samples,
                      choice.samples, choice.reason, choice.aperture_samples, choice.phase_step,
                      sampling.format_bytes(choice.memory))
         else:
             log.info("lens %s: pupil grid %d x %d (= psf_size) samples the design (%.1f samples across the "
-                     "aperture); set pupil_samples to override", self.name or "(unnamed)", choice.samples, choice.samples,
+                     "aperture); set pupil_samples to override", name, choice.samples, choice.samples,
                      choice.aperture_samples)
         return choice
 
