@@ -126,7 +126,8 @@ def evaluate_attributes(gt: Sequence[Sequence[FaceAttributes]], pred: Sequence[S
         g_faces = gt[t] if t < len(gt) else []
         p_faces = pred[t] if t < len(pred) else []
         for g, p in pair_faces(g_faces, p_faces):
-            row = {"frame_id": t, "track_id": g.track_id, "found": p is not None}
+            row = {"frame_id": t, "track_id": g.track_id, "found": p is not None,
+                   "dlib_detected": None if p is None else p.dlib_detected}
             row.update(compare_faces(g, p) if p is not None else {k: None for k in FRAME_METRICS})
             rows.append(row)
     faces = len(rows)
@@ -134,6 +135,9 @@ def evaluate_attributes(gt: Sequence[Sequence[FaceAttributes]], pred: Sequence[S
     summary = {"frame_count_gt": len(gt), "frame_count_pred": len(pred), "faces": faces, "misses": faces - found,
                "detection_rate": found / faces if faces else None,
                "frames_without_face_gt": sum(1 for f in gt if not f)}
+    dl = [r["dlib_detected"] for r in rows if r["dlib_detected"] is not None]
+    # dlib's own HOG detector found the face (attributes extracted from videos only; None from JSON files)
+    summary["dlib_detection_rate"] = float(np.mean(dl)) if dl else None
     for k in FRAME_METRICS:
         vals = [r[k] for r in rows if r[k] is not None]
         summary[k] = float(np.mean(vals)) if vals else None
