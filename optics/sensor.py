@@ -107,17 +107,22 @@ class _GaussianCapture(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: torch.Tensor, eps: torch.Tensor, white: float, read_noise: float, full_well: float,
                 levels: float | None) -> torch.Tensor:
-        mu = (x * white).clamp_min_(0)
-        sigma = (mu + read_noise ** 2).clamp_min_(1e-12).sqrt_()
+        # few fresh allocations (on CPU each costs page faults): eps is our own draw and becomes the slope
+        var0 = read_noise ** 2
+        limit = min(full_well, white)  # clamp(e, 0, full_well) / white, clamped to [0, 1]
+        mu = x * white
+        drop = mu < 0 if ctx.needs_input_grad[0] else None
+        mu.clamp_min_(0)
+        sigma = (mu + var0).clamp_min_(1e-12).sqrt_()
         e = torch.addcmul(mu, sigma, eps)
-        if ctx.needs_input_grad[0]:
-            slope = eps / sigma
-            slope.mul_(0.5).add_(1)
-            if read_noise ** 2 < 1e-12:  # where sigma is clamped it does not depend on mu
-                slope = torch.where(mu + read_noise ** 2 >= 1e-12, slope, torch.ones_like(slope))
-            keep = (e >= 0) & (e <= min(full_well, white)) & (x >= 0)
-            ctx.save_for_backward(slope.mul_(keep))
-        out = e.clamp_(0.0, full_well).div_(white).clamp_(0.0, 1.0)
+        if drop is not None:
+            slope = eps.div_(sigma).mul_(0.5).add_(1)  # d e / d mu = 1 + eps / (2 sigma)
+            if var0 < 1e-12:  # where sigma is clamped it does not depend on mu
+                slope.masked_fill_(mu < 1e-12 - var0, 1.0)
+            drop |= e < 0
+            drop |= e > limit
+            ctx.save_for_backward(slope.masked_fill_(drop, 0.0))
+        out = e.clamp_(0.0, limit).div_(white)
         if levels is not None:
             out = out.mul_(levels).round_().div_(levels)
         return out
