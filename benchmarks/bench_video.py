@@ -14,6 +14,10 @@
    victim (MTCNN) and dlib (not targeted) read from blur alone vs blur + attack.
 
     python benchmarks/bench_video.py [--threads 2] [--long_frames 150] [--out results/bench_video] [--figures docs]
+        [--skip_speed | --skip_quality]
+
+On a shared machine, torch with 2 threads can be far slower than with 1 (OpenMP spin-waits for a descheduled
+partner thread; tests/conftest.py measured 45x): compare --threads 1 and 2 and read the printed load.
 """
 from __future__ import annotations
 
@@ -167,6 +171,7 @@ def main() -> None:
     p.add_argument("--out", default="results/bench_video")
     p.add_argument("--figures", default=None, help="folder for video_frames.png / video_metrics.png (e.g. docs)")
     p.add_argument("--skip_speed", action="store_true")
+    p.add_argument("--skip_quality", action="store_true")
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     import logging
@@ -188,6 +193,10 @@ def main() -> None:
               f"frame by frame {s['frame_by_frame']['frames_per_s']:.2f} frames/s, "
               f"ratio {s['ratio_batched_vs_frame_by_frame']:.2f}x (load {s['batched']['load_avg_before']:.1f})",
               flush=True)
+    if a.skip_quality:
+        result["load_avg_end"] = os.getloadavg()
+        save_json(out / "bench_video.json", result)
+        return
     detector, extractor, embedder = FrameDetector(batch_size=16), LandmarkExtractor(), FaceEmbedder()
     # distractor gallery: the other held-out people (not in either video)
     chips = [(f * 255 + 0.5).astype(np.uint8) for f in faces[2:]]

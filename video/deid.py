@@ -171,11 +171,12 @@ class Deidentifier:
         if method in DEFAULT_LEVEL and self.level < 1:
             raise ValueError(f"--level must be >= 1 for {method}, got {self.level}")
         if method == "reference-warp":
-            from video.reference_warp import available
+            from video.reference_warp import available, check_regressor
 
             if not available():
-                raise RuntimeError("method reference-warp is not available yet: anonymizer/stage2/warp.py "
-                                   "does not provide the Stage II reference-warp baseline in this checkout")
+                raise RuntimeError("method reference-warp is not available yet: the Stage II reference-warp "
+                                   "baseline (anonymizer.stage2.sampling.reference_warp) is not in this checkout")
+            check_regressor(model.regressor, model.img_size, device)
         self.method, self.model, self.input_is_capture = method, model, bool(input_is_capture)
         self.seed, self.device = int(seed), torch.device(device)
         self._mask = face_mask(model.img_size, self.device) if model is not None else None

@@ -115,3 +115,17 @@ def test_reference_warp_is_clear_when_missing(shipped_model, monkeypatch):
     monkeypatch.setattr(rw, "_entry", lambda: None)
     with pytest.raises(RuntimeError, match="reference-warp is not available"):
         Deidentifier("reference-warp", model=shipped_model)
+
+
+def test_reference_warp_needs_a_68_point_regressor(shipped_model):
+    import video.reference_warp as rw
+
+    if not rw.available():
+        pytest.skip("the Stage II reference-warp baseline is not in this checkout")
+    channels = shipped_model.regressor(torch.zeros(1, 3, 128, 128)).shape[1]
+    if channels == 68:
+        out = Deidentifier("reference-warp", model=shipped_model)
+        assert out.method == "reference-warp"
+    else:
+        with pytest.raises(RuntimeError, match="68 landmark"):
+            Deidentifier("reference-warp", model=shipped_model)
