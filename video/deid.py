@@ -9,8 +9,9 @@ Methods (``METHODS``):
   and blended with a feathered elliptical face mask (:func:`face_mask`).
 * ``capture``: the aligned face replaced by the privacy camera's capture of it (what the hardware stores),
   pasted back the same way.
-* ``reference-warp``: the Stage II issue's non-learned baseline (the reference warped onto the landmarks the
-  regressor reads from the capture), pasted back the same way, when ``anonymizer.stage2.warp`` provides it.
+* ``reference-warp``: the Stage II issue's non-learned baseline (the reference warped onto the 68 landmarks the
+  regressor reads from the capture, :mod:`video.reference_warp`), pasted back the same way; needs a checkpoint
+  whose regressor predicts 68 landmark heatmaps.
 * ``blur`` / ``pixelate``: the MediaEval 2021 DRSF baselines on the (integer, clipped) face box: ``blur`` =
   box filter of ``level`` x ``level`` px (``cv2.blur``); ``pixelate`` = the box cut into ``level`` x ``level``
   blocks, each replaced by its mean colour.
