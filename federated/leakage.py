@@ -125,6 +125,42 @@ def _constant_gradient(trainer, params, images, landmarks, found) -> list[torch.
             for f, d, p in zip(full, part, params)]
 
 
+def _cosine_loss(trainer, params, const, scales, target, t_norm, x, lms, found, cfg: InversionConfig) -> torch.Tensor:
+    """1 - cos(u(x, lms), target) over the matched parameters (see the module docstring)."""
+    grads = torch.autograd.grad(data_loss(trainer, x, lms, found), params, create_graph=True, allow_unused=True)
+    dots, g_sq = 0.0, 0.0
+    for g, c, s, t in zip(grads, const, scales, target):
+        g = (c if g is None else g + c) * s  # gradient per wire unit
+        if cfg.adam_aware:
+            g = g / (g.abs() + cfg.eps_rel * g.abs().mean().detach() + 1e-30)
+        dots = dots + (g * t).sum()
+        g_sq = g_sq + (g * g).sum()
+    return 1 - dots / (torch.sqrt(g_sq) * t_norm + 1e-30)
+
+
+def _target(trainer, observed_update):
+    params, index, scales = _matched_params(trainer)
+    target = [-torch.as_tensor(np.asarray(observed_update[i]), dtype=torch.float32, device=trainer.device)
+              for i in index]
+    t_norm = torch.sqrt(sum((t * t).sum() for t in target))
+    if float(t_norm) == 0:
+        raise ValueError("the observed update is zero: nothing to invert")
+    return params, scales, target, t_norm
+
+
+def matching_loss(trainer, observed_update: Sequence[np.ndarray], images: torch.Tensor, landmarks: torch.Tensor,
+                  cfg: InversionConfig | None = None) -> float:
+    """The attack's gradient-matching loss (1 - cosine) at given images (B, 3, S, S) in [0, 1] and labels
+    (B, K, 2) [px]: a diagnostic of how well the objective identifies the true batch (its value at the truth vs
+    at the attack's result)."""
+    cfg = cfg or InversionConfig()
+    params, scales, target, t_norm = _target(trainer, observed_update)
+    found = torch.ones(images.shape[0], dtype=torch.bool, device=trainer.device)
+    const = _constant_gradient(trainer, params, images, landmarks, found)
+    x = images.detach().to(trainer.device).requires_grad_(True)
+    return float(_cosine_loss(trainer, params, const, scales, target, t_norm, x, landmarks, found, cfg).detach())
+
+
 def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_images: int,
                        landmark_prior: np.ndarray, cfg: InversionConfig | None = None) -> tuple[np.ndarray, dict]:
     """Reconstruct a client's batch from an observed update.
@@ -142,11 +178,7 @@ def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_image
     cfg = cfg or InversionConfig()
     device = trainer.device
     size = trainer.cfg.img_size
-    params, index, scales = _matched_params(trainer)
-    target = [-torch.as_tensor(np.asarray(observed_update[i]), dtype=torch.float32, device=device) for i in index]
-    t_norm = torch.sqrt(sum((t * t).sum() for t in target))
-    if float(t_norm) == 0:
-        raise ValueError("the observed update is zero: nothing to invert")
+    params, scales, target, t_norm = _target(trainer, observed_update)
     gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
     z = (cfg.init_std * torch.randn(num_images, 3, size, size, generator=gen)).to(device).requires_grad_(True)
     prior = torch.as_tensor(np.asarray(landmark_prior, np.float32), device=device)
@@ -160,16 +192,7 @@ def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_image
     try:
         for _ in range(cfg.iters):
             x = torch.sigmoid(z)
-            grads = torch.autograd.grad(data_loss(trainer, x, lms, found), params, create_graph=True,
-                                        allow_unused=True)
-            dots, g_sq = 0.0, 0.0
-            for g, c, s, t in zip(grads, const, scales, target):
-                g = (c if g is None else g + c) * s  # gradient per wire unit
-                if cfg.adam_aware:
-                    g = g / (g.abs() + cfg.eps_rel * g.abs().mean().detach() + 1e-30)
-                dots = dots + (g * t).sum()
-                g_sq = g_sq + (g * g).sum()
-            rec_loss = 1 - dots / (torch.sqrt(g_sq) * t_norm + 1e-30)
+            rec_loss = _cosine_loss(trainer, params, const, scales, target, t_norm, x, lms, found, cfg)
             tv = total_variation(x)
             loss = rec_loss + cfg.tv_weight * tv
             opt.zero_grad(set_to_none=True)

@@ -47,3 +47,28 @@ def test_attacker_loss_is_the_trainers_image_term(small_faces):
                             list(trainer.regressor.parameters())[:1], create_graph=True)[0]
     (dx,) = torch.autograd.grad(g.square().sum(), x)
     assert torch.isfinite(dx).all() and dx.abs().sum() > 0
+
+
+def test_matching_objective_singles_out_the_true_batch(small_faces):
+    """A client's real one-step update: the attack's loss is far lower at the client's true batch than at a
+    grey image or at other faces (the objective identifies the data; the optimiser has to find it)."""
+    from anonymizer.stage1.trainer import batch_indices
+    from federated.leakage import matching_loss
+    from federated.params import encode_update, get_arrays, set_arrays, wire_scales
+    from tests.federated.conftest import make_factory
+
+    factory, face_set = make_factory(small_faces, 3)
+    data = factory.client_data(0)
+    client = factory.trainer(data, seed=11)
+    start = get_arrays(client)
+    client.train_step()
+    update = encode_update(get_arrays(client), start, wire_scales(client))
+    server = factory.server_trainer("unused")
+    set_arrays(server, start)
+    images, landmarks, _ = data.batch(batch_indices(0, 2, len(data), 11))
+    prior = torch.as_tensor(np.nanmean(face_set.landmarks.numpy(), axis=0)).expand(2, -1, -1).clone()
+    at_truth = matching_loss(server, update, images, torch.nan_to_num(landmarks))
+    at_grey = matching_loss(server, update, torch.full_like(images, 0.5), prior)
+    others = [i for i in range(len(data)) if i not in batch_indices(0, 2, len(data), 11)][:2]
+    at_others = matching_loss(server, update, data.batch(others)[0], prior)
+    assert at_truth < 0.5 * min(at_grey, at_others)
