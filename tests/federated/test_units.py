@@ -81,3 +81,18 @@ def test_trainer_arrays_round_trip_and_wire_scale(small_faces):
         set_arrays(b, after[:-1])
     with pytest.raises(ValueError, match="lens.zernike_coeffs: array of shape"):
         set_arrays(b, [np.zeros(3)] + after[1:])
+
+
+def test_adversarial_objective_is_federated_too(small_faces):
+    """With the privacy objective's adversary (--lambda_adv > 0) its weights are part of the federated model,
+    so a site's adversary update reaches the global model like the lens and regressor."""
+    from tests.federated.conftest import make_factory
+
+    factory, _ = make_factory(small_faces, 3, ["--lambda_adv", "0.1"])
+    trainer = factory.trainer(factory.client_data(0), seed=1)
+    names = array_names(trainer)
+    assert any(n.startswith("adversary.") for n in names)
+    before = get_arrays(trainer)
+    trainer.train_step()
+    moved = {n.split(".")[0] for n, a, b in zip(names, before, get_arrays(trainer)) if not np.array_equal(a, b)}
+    assert moved == {"lens", "regressor", "adversary"}
