@@ -162,7 +162,8 @@ def matching_loss(trainer, observed_update: Sequence[np.ndarray], images: torch.
 
 
 def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_images: int,
-                       landmark_prior: np.ndarray, cfg: InversionConfig | None = None) -> tuple[np.ndarray, dict]:
+                       landmark_prior: np.ndarray, cfg: InversionConfig | None = None,
+                       init_image: np.ndarray | None = None) -> tuple[np.ndarray, dict]:
     """Reconstruct a client's batch from an observed update.
 
     Args:
@@ -171,6 +172,8 @@ def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_image
         num_images: B, dummy images to optimise.
         landmark_prior: (K, 2) [px] mean landmarks (the labels' initialisation).
         cfg: :class:`InversionConfig`.
+        init_image: optional (S, S, 3) in [0, 1] start of every dummy (e.g. the mean of public faces; default
+            mid-grey).
 
     Returns:
         (images (B, S, S, 3) float32 in [0, 1], {"final_cosine_loss", "final_tv"}).
@@ -180,7 +183,11 @@ def gradient_inversion(trainer, observed_update: Sequence[np.ndarray], num_image
     size = trainer.cfg.img_size
     params, scales, target, t_norm = _target(trainer, observed_update)
     gen = torch.Generator(device="cpu").manual_seed(int(cfg.seed))
-    z = (cfg.init_std * torch.randn(num_images, 3, size, size, generator=gen)).to(device).requires_grad_(True)
+    z = cfg.init_std * torch.randn(num_images, 3, size, size, generator=gen)
+    if init_image is not None:  # e.g. the mean of public faces: logit of it plus the noise
+        prior_img = torch.as_tensor(np.asarray(init_image, np.float32)).permute(2, 0, 1).clamp(0.02, 0.98)
+        z = z + torch.logit(prior_img)[None]
+    z = z.to(device).requires_grad_(True)
     prior = torch.as_tensor(np.asarray(landmark_prior, np.float32), device=device)
     lms = prior.expand(num_images, -1, -1).clone().requires_grad_(cfg.optimise_labels)
     found = torch.ones(num_images, dtype=torch.bool, device=device)

@@ -10,6 +10,7 @@ from federated.config import FederatedConfig
 from federated.params import get_arrays, set_arrays
 
 
+@pytest.mark.slow  # ~6 s idle, ~18 s under load; the fast SecAgg+ test already loads its checkpoint
 def test_global_model_checkpoint_loads_everywhere(small_faces, tmp_path):
     from anonymizer.stage1.trainer import load_optics_checkpoint
     from anonymizer.stage2.sampling import frozen_optics_from_checkpoint
