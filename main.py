@@ -143,7 +143,14 @@ def _add_stage2(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max_conv_dim", type=int, default=512)
     g.add_argument("--w_hpf", type=float, default=1, help="weight of the heatmap-gated skip paths")
     g.add_argument("--lambda_reg", type=float, default=1, help="R1 weight")
-    g.add_argument("--lambda_cyc", type=float, default=1, help="cycle / privacy-consistency weight")
+    g.add_argument("--lambda_cyc", type=float, default=0,
+                   help="cycle through the camera in cross-identity steps (0 = off; one more generator pass)")
+    g.add_argument("--lambda_rec", type=float, default=10,
+                   help="self-supervised reconstruction weight (jittered self-reference steps)")
+    g.add_argument("--lambda_ref", type=float, default=1,
+                   help="cross-identity steps: keep the warped reference where the warp is valid")
+    g.add_argument("--init_nets", default=None,
+                   help="train: start the networks (not the optimisers) from this Stage II checkpoint")
     g.add_argument("--lambda_sty", type=float, default=1, help="style reconstruction weight")
     g.add_argument("--lambda_ds", type=float, default=1, help="diversity sensitive weight (decays to 0)")
     g.add_argument("--lambda_hm", type=float, default=1, help="heatmap-consistency weight")

@@ -40,6 +40,9 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None,
     attribute = any(r.get("attribute_accuracy") is not None for r in methods.values())
     if attribute:
         head.append("Attr. acc. ↓")
+    transfer = any(r.get("ref_transfer_acc") is not None for r in methods.values())
+    if transfer:
+        head += ["Ref. transfer ↑ (chance)", "Diversity ↑"]
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + [":---:"] * (len(head) - 1)) + "|"]
     for name, r in methods.items():
         row = [name, str(r.get("num_images", "–")), _num(r.get("fid"))]
@@ -51,6 +54,10 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None,
                 _num(r.get("reid_tar_at_far"), percent=True)]
         if attribute:
             row.append(_num(r.get("attribute_accuracy"), percent=True))
+        if transfer:
+            acc, chance = r.get("ref_transfer_acc"), r.get("ref_transfer_chance")
+            row += [f"{_num(acc, percent=True)} ({_num(chance, percent=True)})" if acc is not None else "–",
+                    _num(r.get("diversity"), 3)]
         lines.append("| " + " | ".join(row) + " |")
     misses = []
     for name, r in methods.items():
@@ -76,6 +83,10 @@ def markdown_table(methods: dict[str, dict], detectors: list[str] | None = None,
                         if info.get(key) is not None) + "."
         legend.append("Attr. acc.: test accuracy of a CNN trained on half of the protected images to predict "
                       "the source's domain (attribute attack)" + level)
+    if transfer:
+        legend.append("Ref. transfer: fraction of outputs whose dlib embedding is nearest to their own reference "
+                      "among the references used (chance 1 / number of references). Diversity: mean pairwise dlib "
+                      "embedding distance between one source's outputs across references.")
     if misses:
         legend.append("Pairs with a detector miss (left out of BB/LM): " + "; ".join(misses) + ".")
     return "\n".join(lines + legend) + "\n"

@@ -190,6 +190,12 @@ def run(args: argparse.Namespace) -> None:
     advance("capture")
     methods["anonymized"] = evaluator.evaluate([o[0] for o in outputs])
     methods["anonymized (ref 2)"] = evaluator.evaluate([o[1] for o in outputs])
+    transfer = reference_transfer(sources, refs, outputs)
+    if bool(getattr(nets_ema.generator, "reference_input", False)):  # the non-learned baseline, same inputs
+        from anonymizer.stage2.sampling import reference_warp
+
+        ref1 = _to_batch(refs[:1]).to(device).expand(len(sources), -1, -1, -1)
+        methods["reference-warp"] = evaluator.evaluate(_to_list(reference_warp(result.capture, regressor, ref1)))
     advance("anonymized")
     for name, param in BASELINES.items():
         methods[f"{name} ({param:g})"] = evaluator.evaluate([apply_baseline(name, im, param) for im in sources])
@@ -199,6 +205,7 @@ def run(args: argparse.Namespace) -> None:
         "num_faces": len(sources), "faces": names, "references": ref_names, "img_size": img_size,
         "reid_chance": 1.0 / len(sources), "checkpoint": str(checkpoint), "psf_file": args.psf,
         "seconds": round(time.perf_counter() - start, 1), "methods": methods, "problems": problems,
+        "reference_transfer": transfer,
     }
     save_json(out / "metrics.json", report)
     table = markdown_table(methods)
@@ -209,4 +216,20 @@ def run(args: argparse.Namespace) -> None:
     if problems:
         log.warning("metrics outside their documented ranges: %s", "; ".join(problems))
     print(table)
+    print(f"reference transfer: output nearest (dlib) to its own reference in {transfer['ref_transfer_acc']:.0%} "
+          f"(chance {transfer['ref_transfer_chance']:.0%}); diversity across references "
+          f"{transfer['diversity']:.3f} (dlib distance); pixel change by reference {transfer['ref_change']:.3f} vs "
+          f"by source {transfer['src_change']:.3f} (ratio {transfer['ref_dependence_ratio']:.2f})")
     log.info("demo written to %s in %.1f s", out, time.perf_counter() - start)
+
+
+def reference_transfer(sources: list[np.ndarray], refs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> dict:
+    """metrics.reference_transfer on the all-pairs outputs (N sources x R references, dlib embeddings)."""
+    from metrics.identity import FaceEmbedder
+    from metrics.reference_transfer import embedding_metrics, pixel_dependence
+
+    grid = np.stack([np.stack(row) for row in outputs]).astype(np.float32)  # (N, R, S, S, 3)
+    emb = FaceEmbedder()
+    n, r = grid.shape[:2]
+    out_emb = emb.embed([grid[i, j] for i in range(n) for j in range(r)]).reshape(n, r, -1)
+    return {**pixel_dependence(grid), **embedding_metrics(out_emb, emb.embed(list(refs)), emb.embed(list(sources)))}

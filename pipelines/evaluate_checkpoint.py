@@ -82,6 +82,21 @@ def attribute_rows(protected: dict[str, dict[int, np.ndarray]], labels: dict[int
     return accuracy, info
 
 
+def reference_transfer(sources: list[np.ndarray], refs: list[np.ndarray], outputs: np.ndarray) -> dict:
+    """Reference-transfer accuracy (dlib embedding of each output nearest to its own reference, with the chance
+    level 1 / K), diversity (mean pairwise dlib distance of one source's outputs across the K references) and the
+    pixel reference / source dependence of (B, K, S, S, 3) all-pairs outputs (metrics.reference_transfer)."""
+    from metrics.identity import FaceEmbedder
+    from metrics.reference_transfer import embedding_metrics, pixel_dependence
+
+    emb = FaceEmbedder()
+    b, k = outputs.shape[:2]
+    out_emb = emb.embed([outputs[i, j] for i in range(b) for j in range(k)]).reshape(b, k, -1)
+    res = embedding_metrics(out_emb, emb.embed(list(refs)), emb.embed(list(sources)))
+    keep = ("ref_transfer_acc", "ref_transfer_chance", "diversity")
+    return {**{key: res[key] for key in keep}, **pixel_dependence(outputs)}
+
+
 def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
     """Returns (methods, info): methods = {"anonymized", "capture", baselines..., attacks...}."""
     from anonymizer.stage2.sampling import anonymize, load_anonymizer
@@ -147,6 +162,7 @@ def run_protocol(args: argparse.Namespace) -> tuple[dict, dict]:
         mu, sigma = reference_statistics(_images(train, trg_train), extractor, stats_cache)
         evaluator = Evaluator(sources, names, detectors=detectors, fid=False, device="cpu")
         result = evaluator.evaluate(list(outputs[:, 0]))
+        result.update(reference_transfer(sources, _images(train, refs), outputs))
         result["fid"] = fid_from_features(extractor.features(list(outputs.reshape(-1, *outputs.shape[2:]))),
                                           mu, sigma)
         pair_results.append(result)

@@ -9,10 +9,11 @@ from typing import Any
 import torch
 
 from anonymizer.distributed import DistInfo, barrier, mean_over_ranks
+from anonymizer.stage2 import checkpoint as ckpt_format
 from anonymizer.stage2.model import build_model
 from anonymizer.stage2.sampling import STAGE2_NAME, FrozenOptics, anonymize, sample_rows, save_grid
-from anonymizer.stage2.solver import Solver, StepData, TrainOptions, run_steps
-from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
+from anonymizer.stage2.solver import Solver, TrainOptions, run_steps
+from data.checkpoint import checkpoint_path
 from data.files import plain
 from pipelines.common import init_wandb
 from pipelines.safety import PROGRESS, STAGE2_ARCH, prepare_training_dir
@@ -22,49 +23,33 @@ log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT_DIR = "expr/checkpoints"
 
 
-def stage2_state(solver: Solver, optics: FrozenOptics, step: int, args: dict[str, Any]) -> dict[str, Any]:
-    """Checkpoint payload of Stage II (format in anonymizer/stage2/sampling.py)."""
-    return {"step": step, "args": args, "model": dict(solver.nets.config), **solver.state(),
-            "psf": optics.camera.psf().detach().float().cpu(),
-            "regressor_config": dict(optics.regressor.config),
-            "regressor": {k: v.detach().cpu() for k, v in optics.regressor.state_dict().items()},
-            "heatmap": dict(optics.heatmap), "optics": {"source": optics.source}}
-
-
 def save_stage2(ckpt_dir: str | Path, solver: Solver, optics: FrozenOptics, step: int,
                 args: dict[str, Any]) -> Path:
-    """Write ``<ckpt_dir>/<step:06d>_nets.ckpt`` atomically."""
-    path = save_checkpoint(checkpoint_path(ckpt_dir, step, STAGE2_NAME), stage2_state(solver, optics, step, args))
-    log.info("saved %s", path)
-    return path
+    """Write ``<ckpt_dir>/<step:06d>_nets.ckpt`` atomically (format: anonymizer/stage2/checkpoint.py)."""
+    return ckpt_format.save_stage2(ckpt_dir, solver, optics.regressor, optics.heatmap, optics.source, step, args)
 
 
-def _restore_optics(solver: Solver, state: dict[str, Any]) -> None:
-    """Use the checkpoint's frozen PSF and regressor (exact resume even if the optics source changed)."""
-    psf, reg = state.get("psf"), state.get("regressor")
-    if psf is not None and psf.shape == solver.camera.psf.shape:
-        if not torch.allclose(psf.to(solver.camera.psf), solver.camera.psf):
-            log.warning("resume: the camera PSF differs from the checkpoint's; using the checkpoint's")
-        solver.camera.psf.copy_(psf)
-    if reg is not None:
-        solver.regressor.load_state_dict(reg)
+def load_datasets(train_dir: Path, val_dir: Path, img_size: int, num_domains: int, teacher: str = "dlib"):
+    """(source, landmarks, val): the cached training faces with a teacher face, their (N, 68, 2) teacher landmarks
+    [px] (cached on disk per file) and the validation set; the domain folders must number ``num_domains``."""
+    from anonymizer.stage1.teacher import LandmarkTeacher
+    from data.datasets import SourceDataset, scan
 
-
-def load_datasets(train_dir: Path, val_dir: Path, img_size: int, num_domains: int, seed: int):
-    """(source, reference, val) datasets; the number of domain folders must equal ``num_domains``."""
-    from data.datasets import ReferenceDataset, SourceDataset, scan
-
+    if teacher != "dlib":
+        raise ValueError(f"--teacher {teacher}: Stage II warps the reference on dlib's 68 points (use --teacher dlib)")
     train_scan = scan(train_dir, verify="header")
-    cache = len(train_scan) <= 5000
-    source = SourceDataset(train_scan, img_size, augment=True, cache=cache)
+    found = LandmarkTeacher("dlib").landmarks_for_files(train_scan.files, img_size)
+    if found.num_missing:
+        log.warning("Stage II: %d training image(s) without a dlib face are left out", found.num_missing)
+        train_scan = train_scan.subset(list(found.found))
+    source = SourceDataset(train_scan, img_size, augment=False, cache=len(train_scan) <= 5000)
     if len(source.domains) != num_domains:
         raise ValueError(f"{train_dir}: {len(source.domains)} domain folder(s) {source.domains} but "
                          f"--num_domains {num_domains}")
-    reference = ReferenceDataset(train_scan, img_size, augment=True, cache=cache, seed=seed)
     val = SourceDataset(scan(val_dir, verify="header", domains=source.domains), img_size, cache=False)
     log.info("train: %d images in %d domain(s) %s (%d skipped); val: %d images", len(source), num_domains,
              source.domains, train_scan.num_skipped, len(val))
-    return source, reference, val
+    return source, found.landmarks[found.found], val
 
 
 def fixed_val_batch(val: Any, num: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,7 +121,7 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
             args.num_domains = found
     if info.is_main:  # one run per folder; a resume must keep the architecture (sets args.run_id)
         prepare_training_dir(ckpt_dir, STAGE2_NAME, args, STAGE2_ARCH)
-    source, reference, val = load_datasets(train_dir, val_dir, args.img_size, args.num_domains, args.seed)
+    source, landmarks, val = load_datasets(train_dir, val_dir, args.img_size, args.num_domains, args.teacher)
     if info.is_main:
         optics = build_optics(args, ckpt_dir, device, True)
         barrier(info)
@@ -145,17 +130,31 @@ def train_stage2(args: argparse.Namespace, info: DistInfo, device: torch.device)
         optics = build_optics(args, ckpt_dir, device, False)
     torch.manual_seed(args.seed)
     channels = int(optics.regressor.config["out_channels"])
-    nets, nets_ema = build_model(**{**vars(args), "heatmap_channels": channels})
+    if channels != 68:
+        raise ValueError(f"{optics.source}: the Stage I regressor predicts {channels} heatmap channels; Stage II "
+                         "needs the 68 per-landmark heatmaps (train Stage I with --heatmap_mode landmarks)")
+    nets, nets_ema = build_model(**{**vars(args), "heatmap_channels": channels, "reference_input": True})
     opts = TrainOptions.from_args(args)
     solver = Solver(nets, nets_ema, optics.camera, optics.regressor, opts, device, info)
-    optics.camera, optics.regressor = solver.camera.camera, solver.regressor
+    optics.camera, optics.regressor = solver.camera, solver.regressor
     saved_args = {**plain(vars(args), for_json=False), "domains": ",".join(source.domains)}
+    if args.init_nets and not args.resume_iter:  # warm start: weights only, fresh optimisers, this run's optics
+        init, init_path = ckpt_format.read_stage2(args.init_nets, map_location=device)
+        if {k: init["model"].get(k) for k in solver.nets.config} != dict(solver.nets.config):
+            raise ValueError(f"--init_nets {init_path}: its networks {init['model']} differ from this run's "
+                             f"{dict(solver.nets.config)}")
+        solver.nets.load_state_dict(init["nets"])
+        solver.nets_ema.load_state_dict(init["nets_ema"])
+        log.info("networks initialised from %s (step %s); optimisers fresh", init_path, init.get("step"))
     if args.resume_iter:
-        state = load_checkpoint(checkpoint_path(ckpt_dir, args.resume_iter, STAGE2_NAME), map_location=device)
-        solver.load_state(state)
-        _restore_optics(solver, state)
+        path = checkpoint_path(ckpt_dir, args.resume_iter, STAGE2_NAME)
+        state, path = ckpt_format.read_stage2(path, map_location=device)
+        ckpt_format.restore_training(solver, solver.regressor, state, path)
         log.info("resumed from step %d", args.resume_iter)
-    data = StepData(source, reference, args.batch_size, args.latent_dim, args.seed, info)
+    from data.loader import Stage2Steps, step_loader
+
+    steps = Stage2Steps(source, landmarks, args.batch_size, args.latent_dim, args.seed, info.rank, info.world_size)
+    data = step_loader(steps, args.resume_iter, args.total_iters, args.num_workers)
     val_images, val_labels = fixed_val_batch(val, min(8, args.val_batch_size))
 
     wandb_run = init_wandb(args.wandb and info.is_main, "train", saved_args)

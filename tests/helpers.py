@@ -127,9 +127,16 @@ def make_solver(seed: int = 0, num_domains: int = 2, noise: bool = True):
     from optics.camera import Camera
 
     torch.manual_seed(seed)
-    nets, nets_ema = build_model(num_domains=num_domains, **TINY_STAGE2)
+    nets, nets_ema = build_model(num_domains=num_domains, heatmap_channels=68, reference_input=True, **TINY_STAGE2)
     camera = Camera(gaussian_psf(), noise=noise)
-    regressor = HeatmapRegressor(3, 2, base=4, depth=2)
+    regressor = HeatmapRegressor(3, 68, base=4, depth=2)
     opts = TrainOptions(latent_dim=TINY_STAGE2["latent_dim"], ds_iter=10, lr=1e-3, f_lr=1e-4, seed=5)
     solver = Solver(nets, nets_ema, camera, regressor, opts)
-    return solver, FrozenOptics(camera, regressor, {"num_channels": 2}, "test")
+    return solver, FrozenOptics(camera, regressor, {"num_channels": 68, "mode": "landmarks"}, "test")
+
+
+def template_points(size: int, batch: int = 1) -> torch.Tensor:
+    """(batch, 68, 2) the mean face's iBUG landmarks at ``size`` px (anonymizer.stage2.warp.FACE_TEMPLATE)."""
+    from anonymizer.stage2.warp import FACE_TEMPLATE
+
+    return torch.tensor(FACE_TEMPLATE * size, dtype=torch.float32)[None].repeat(batch, 1, 1)

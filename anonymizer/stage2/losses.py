@@ -90,7 +90,7 @@ def cycle_loss(camera: Callable[[torch.Tensor], torch.Tensor], generator: Callab
 def heatmap_consistency_loss(camera: Callable[[torch.Tensor], torch.Tensor],
                              regressor: Callable[[torch.Tensor], torch.Tensor], fake: torch.Tensor,
                              heatmap_target: torch.Tensor) -> torch.Tensor:
-    """Heatmap consistency WITH gradient: ``MSE(R(camera(fake)), h_src)``.
+    """Heatmap consistency WITH gradient: ``heatmap_loss(R(camera(fake)), h_src)`` (Stage I's relative error).
 
     The Stage I regressor R applied to the camera's image of the generated face must predict the source
     heatmap. Camera and R are frozen (their parameters have ``requires_grad=False``) but this function does not
@@ -104,13 +104,17 @@ def heatmap_consistency_loss(camera: Callable[[torch.Tensor], torch.Tensor],
         heatmap_target: (B, K, H, W) in [0, 1], the source heatmap (detached by the caller).
 
     Returns:
-        Scalar mean squared error.
+        Scalar >= 0.
     """
+    from anonymizer.stage1.heatmap import heatmap_loss
+
     pred = regressor(camera(fake))
     if pred.shape != heatmap_target.shape:
         raise ValueError(f"heatmap_consistency_loss: regressor gives {tuple(pred.shape)}, "
                          f"target is {tuple(heatmap_target.shape)}")
-    return (pred.float() - heatmap_target.float()).pow(2).mean()
+    # Stage I's relative foreground-weighted error: O(1) (all-zero prediction = 1) whatever K, sigma or size; a
+    # plain MSE over 68 mostly-empty channels is ~1e-4 and trains nothing
+    return heatmap_loss(pred.float(), heatmap_target.float())
 
 
 def capture_consistency_loss(camera: Callable[[torch.Tensor], torch.Tensor], fake: torch.Tensor,

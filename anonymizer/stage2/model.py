@@ -34,7 +34,7 @@ __all__ = [
 
 # kwargs of build_model that define the architecture (stored in checkpoints)
 MODEL_KEYS = ("img_size", "num_domains", "latent_dim", "style_dim", "hidden_dim", "w_hpf", "base_dim",
-              "max_conv_dim", "heatmap_channels")
+              "max_conv_dim", "heatmap_channels", "reference_input")
 
 # iBUG 68-point groups: jaw 0-16, brows 17-26 (outline); nose 27-35, eyes 36-47, mouth 48-67 (inner features)
 _IBUG_OUTLINE = list(range(0, 27))
@@ -175,7 +175,20 @@ def heatmap_masks(heatmap: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Generator(nn.Module):
-    """G(capture, heatmap, style) -> face.
+    """G(capture, heatmap, style[, warped reference, mask]) -> face.
+
+    With ``reference_input`` (the default of :func:`build_model`) the reference face, warped onto the source
+    landmarks by :func:`anonymizer.stage2.warp.piecewise_affine_warp`, and its validity mask enter as 4 more input
+    channels, and the output is a blend that a small network learns quickly::
+
+        rgb   = capture + residual                     (the decoder's first 3 output channels / 2)
+        alpha = sigmoid(4th channel + 2) * mask         (starts at 0.88 where the warp is valid)
+        out   = alpha * warped + (1 - alpha) * rgb
+
+    so the reference's appearance reaches the output spatially, aligned to the source geometry, from the first
+    step; the network learns the blending, the face border, hair / background and what the warp cannot fill
+    (mouth interior, folds). The style (AdaIN, from the StyleEncoder on the reference) and the heatmap-gated
+    skips are kept as in StarGAN-v2.
 
     Args:
         img_size: 64 / 128 / 256 (any power of two >= 32).
@@ -184,21 +197,25 @@ class Generator(nn.Module):
         max_conv_dim: cap on the widths.
         w_hpf: weight of the heatmap-gated high-pass skip paths (0 disables them and the gating).
         heatmap_channels: K, channels of the Stage I heatmap concatenated to the capture.
+        reference_input: take the warped reference + mask (see above); False: the plain StarGAN-v2 output.
     """
 
     def __init__(self, img_size: int = 256, style_dim: int = 64, base_dim: int | None = None,
-                 max_conv_dim: int = 512, w_hpf: float = 1.0, heatmap_channels: int = 2):
+                 max_conv_dim: int = 512, w_hpf: float = 1.0, heatmap_channels: int = 2,
+                 reference_input: bool = False):
         super().__init__()
         _check_img_size(img_size)
         dim_in = base_dim or default_base_dim(img_size)
         self.img_size = img_size
         self.w_hpf = float(w_hpf)
         self.heatmap_channels = heatmap_channels
-        self.from_rgb = nn.Conv2d(3 + heatmap_channels, dim_in, 3, 1, 1)
+        self.reference_input = bool(reference_input)
+        extra = 4 if self.reference_input else 0
+        self.from_rgb = nn.Conv2d(3 + heatmap_channels + extra, dim_in, 3, 1, 1)
         self.encode = nn.ModuleList()
         self.decode = nn.ModuleList()
         self.to_rgb = nn.Sequential(nn.InstanceNorm2d(dim_in, affine=True), nn.LeakyReLU(0.2),
-                                    nn.Conv2d(dim_in, 3, 1, 1, 0))
+                                    nn.Conv2d(dim_in, 3 + (1 if self.reference_input else 0), 1, 1, 0))
         repeat = int(math.log2(img_size)) - 4 + (1 if self.w_hpf > 0 else 0)
         dim_out = dim_in
         for _ in range(repeat):
@@ -213,14 +230,21 @@ class Generator(nn.Module):
         bottleneck = img_size // 2 ** repeat
         self.skip_sizes = tuple(s for s in (img_size // 8, img_size // 4, img_size // 2) if s > bottleneck)
         self.hpf = HighPass(self.w_hpf) if self.w_hpf > 0 else None
+        if self.reference_input:  # start as "warped reference blended into the capture": zero residual and alpha
+            nn.init.zeros_(self.to_rgb[-1].weight)
+            nn.init.zeros_(self.to_rgb[-1].bias)
 
-    def forward(self, capture: torch.Tensor, heatmap: torch.Tensor, style: torch.Tensor) -> torch.Tensor:
+    def forward(self, capture: torch.Tensor, heatmap: torch.Tensor, style: torch.Tensor,
+                warped: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
         """Synthesise a face.
 
         Args:
             capture: (B, 3, H, W) in [0, 1], the privacy camera's image, H = W = img_size.
             heatmap: (B, K, H', W') in [0, 1], resized to H x W if needed.
             style: (B, style_dim).
+            warped: (B, 3, H, W) in [0, 1], the reference warped onto the source landmarks (0 outside ``mask``);
+                only with ``reference_input`` (None: no reference, all-zero mask).
+            mask: (B, 1, H, W) in [0, 1], where ``warped`` is valid.
 
         Returns:
             (B, 3, H, W), approximately in [0, 1] (not clamped, so gradients never vanish).
@@ -233,7 +257,18 @@ class Generator(nn.Module):
         if heatmap.shape[-2:] != capture.shape[-2:]:
             heatmap = F.interpolate(heatmap, size=(h, w), mode="bilinear", align_corners=False)
         heatmap = heatmap.to(capture.dtype)
-        x = self.from_rgb(torch.cat([capture * 2 - 1, heatmap], dim=1))
+        inputs = [capture * 2 - 1, heatmap]
+        if self.reference_input:
+            if warped is None:
+                warped = torch.zeros_like(capture)
+                mask = torch.zeros_like(capture[:, :1])
+            elif mask is None or warped.shape != capture.shape or mask.shape != (b, 1, h, w):
+                raise ValueError(f"warped / mask: expected {tuple(capture.shape)} and ({b}, 1, {h}, {w})")
+            warped, mask = warped.to(capture.dtype), mask.to(capture.dtype)
+            inputs += [warped * 2 - 1, mask]
+        elif warped is not None:
+            raise ValueError("this generator was built without reference_input: it takes no warped reference")
+        x = self.from_rgb(torch.cat(inputs, dim=1))
         cache: dict[int, torch.Tensor] = {}
         for block in self.encode:
             if self.hpf is not None and block.downsample and x.shape[-1] in self.skip_sizes:
@@ -245,10 +280,15 @@ class Generator(nn.Module):
             x = block(x, style)
             size = x.shape[-1]
             if self.hpf is not None and block.upsample and size in cache:
-                mask = outline if size == self.skip_sizes[0] else inner
-                mask = F.interpolate(mask, size=(size, size), mode="bilinear", align_corners=False)
-                x = x + self.hpf(mask * cache[size])
-        return (self.to_rgb(x) + 1) / 2
+                gate_mask = outline if size == self.skip_sizes[0] else inner
+                gate = F.interpolate(gate_mask, size=(size, size), mode="bilinear", align_corners=False)
+                x = x + self.hpf(gate * cache[size])
+        out = self.to_rgb(x)
+        if not self.reference_input:
+            return (out + 1) / 2
+        rgb = capture + out[:, :3] / 2
+        alpha = torch.sigmoid(out[:, 3:4] + 2.0) * mask
+        return alpha * warped + (1 - alpha) * rgb
 
 
 class MappingNetwork(nn.Module):
@@ -357,7 +397,7 @@ class Nets:
 
 def build_model(img_size: int = 256, num_domains: int = 2, latent_dim: int = 16, style_dim: int = 64,
                 hidden_dim: int = 512, w_hpf: float = 1.0, base_dim: int | None = None, max_conv_dim: int = 512,
-                heatmap_channels: int = 2, **_: Any) -> tuple[Nets, Nets]:
+                heatmap_channels: int = 2, reference_input: bool = False, **_: Any) -> tuple[Nets, Nets]:
     """Build the networks and their EMA copies (G, F, E; no D).
 
     Extra keyword arguments are ignored, so ``build_model(**vars(args))`` works.
@@ -370,8 +410,8 @@ def build_model(img_size: int = 256, num_domains: int = 2, latent_dim: int = 16,
     base_dim = base_dim or default_base_dim(img_size)
     config = dict(img_size=img_size, num_domains=num_domains, latent_dim=latent_dim, style_dim=style_dim,
                   hidden_dim=hidden_dim, w_hpf=float(w_hpf), base_dim=base_dim, max_conv_dim=max_conv_dim,
-                  heatmap_channels=heatmap_channels)
-    generator = Generator(img_size, style_dim, base_dim, max_conv_dim, w_hpf, heatmap_channels)
+                  heatmap_channels=heatmap_channels, reference_input=bool(reference_input))
+    generator = Generator(img_size, style_dim, base_dim, max_conv_dim, w_hpf, heatmap_channels, reference_input)
     mapping = MappingNetwork(latent_dim, style_dim, num_domains, hidden_dim)
     style_encoder = StyleEncoder(img_size, style_dim, num_domains, base_dim, max_conv_dim)
     discriminator = Discriminator(img_size, num_domains, base_dim, max_conv_dim)

@@ -1,13 +1,10 @@
 """Using a trained Stage II model: the frozen optics, checkpoint loading, :func:`anonymize`, sample grids.
 
-Stage II checkpoint (``<checkpoint_dir>/<step:06d>_nets.ckpt``, written by ``pipelines/train.py``)::
+The checkpoint format is written and read in :mod:`anonymizer.stage2.checkpoint` only; :func:`load_anonymizer`
+rebuilds the EMA networks, the fixed-PSF camera and the frozen regressor from it.
 
-    {version, step, args, model: build_model kwargs, nets, nets_ema, optims, rng,
-     psf: (C, h, w) capture PSF the generator was trained with, regressor_config, regressor, heatmap: dict,
-     optics: {"source": optics checkpoint / PSF file / lens preset it came from}}
-
-It is self-contained: :func:`load_anonymizer` rebuilds the EMA networks, the camera (a fixed-PSF Camera with
-the PSF used in training) and the frozen heatmap regressor from it alone.
+Reference-guided anonymisation with a ``reference_input`` generator needs the reference's 68 landmarks: the
+dlib teacher runs on the CLEAN reference (a public face, so it may be seen) unless the caller passes them.
 """
 from __future__ import annotations
 
@@ -20,15 +17,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from data.checkpoint import CheckpointError, checkpoint_path, latest_step, load_checkpoint
+from anonymizer.stage2.checkpoint import (STAGE2_NAME, build_camera_and_regressor, read_stage2,
+                                          resolve_stage2_checkpoint)
 from anonymizer.stage2.model import MODEL_KEYS, Nets, build_model
 
 log = logging.getLogger(__name__)
 
-STAGE2_NAME = "nets"
-
 __all__ = ["STAGE2_NAME", "FrozenOptics", "frozen_optics_from_checkpoint", "load_anonymizer", "anonymize",
-           "AnonymizeResult", "resolve_stage2_checkpoint", "image_grid"]
+           "AnonymizeResult", "resolve_stage2_checkpoint", "image_grid", "reference_landmarks"]
 
 
 @dataclass
@@ -79,24 +75,6 @@ def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf: t
     return FrozenOptics(camera, regressor.requires_grad_(False).eval(), heat, source)
 
 
-def resolve_stage2_checkpoint(checkpoint: str | os.PathLike, step: int | None = None) -> Path:
-    """A Stage II checkpoint file from a file path, or from a folder + step (None or 0: the latest).
-
-    Raises:
-        CheckpointError: nothing found (names the folder / file).
-    """
-    p = Path(checkpoint)
-    if p.is_file():
-        return p
-    if not p.is_dir():
-        raise CheckpointError(f"{p}: no such checkpoint file or folder")
-    if not step:
-        step = latest_step(p, STAGE2_NAME)
-        if step is None:
-            raise CheckpointError(f"{p}: no Stage II checkpoint (*_{STAGE2_NAME}.ckpt) in this folder")
-    return checkpoint_path(p, step, STAGE2_NAME)
-
-
 def load_anonymizer(checkpoint: str | os.PathLike, step: int | None = None, device: str | torch.device = "cpu",
                     noise: bool = True, psf: torch.Tensor | None = None) -> tuple[Nets, nn.Module, nn.Module, dict]:
     """Load a trained anonymizer for inference.
@@ -113,26 +91,11 @@ def load_anonymizer(checkpoint: str | os.PathLike, step: int | None = None, devi
         (nets_ema, camera, regressor, meta): EMA generator / mapping network / style encoder in eval mode;
         fixed-PSF camera; frozen regressor; meta = {"step", "args", "model", "heatmap", "optics", "path"}.
     """
-    from anonymizer.stage1.heatmap import HeatmapRegressor
-    from optics.camera import Camera
-
-    path = resolve_stage2_checkpoint(checkpoint, step)
-    state = load_checkpoint(path, map_location="cpu")
-    for key in ("model", "nets_ema", "psf", "regressor", "regressor_config"):
-        if key not in state:
-            raise ValueError(f"{path}: not a Stage II checkpoint (no '{key}' key)")
+    state, path = read_stage2(checkpoint, step)
     _, nets_ema = build_model(**{k: state["model"][k] for k in MODEL_KEYS if k in state["model"]})
     nets_ema.load_state_dict(state["nets_ema"])
     nets_ema.to(device).eval()
-    fixed = state["psf"].float()
-    if psf is not None:
-        from optics.binning import capture_psf
-
-        fixed = capture_psf(psf.float(), int(state["model"]["img_size"]))
-    camera = Camera(fixed, noise=noise).requires_grad_(False).eval().to(device)
-    regressor = HeatmapRegressor(**state["regressor_config"])
-    regressor.load_state_dict(state["regressor"])
-    regressor.requires_grad_(False).eval().to(device)
+    camera, regressor = build_camera_and_regressor(state, noise=noise, psf=psf, device=device)
     meta = {k: state.get(k) for k in ("step", "args", "model", "heatmap", "optics")}
     meta["path"] = str(path)
     return nets_ema, camera, regressor, meta
@@ -153,11 +116,46 @@ class AnonymizeResult:
     outputs: torch.Tensor
 
 
+def reference_landmarks(refs: torch.Tensor) -> torch.Tensor:
+    """dlib 68-point teacher landmarks of clean reference faces (no disk cache: tensors have no file).
+
+    Args:
+        refs: (N, 3, S, S) in [0, 1].
+
+    Returns:
+        (N, 68, 2) [px]; NaN rows where dlib finds no face (that reference then gets no warp; logged).
+    """
+    from anonymizer.stage1.teacher import LandmarkTeacher
+
+    lm, found = LandmarkTeacher("dlib", cache_dir="").detect(refs.detach().float().cpu())
+    if not found.all():
+        log.warning("dlib finds no face in %d of %d references: they are used without a warp (style only)",
+                    int((~found).sum()), len(found))
+    return torch.from_numpy(lm)
+
+
+def _warp_inputs(refs: torch.Tensor, ref_points: torch.Tensor, points: torch.Tensor, face_only: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Warped references and masks (whole frame for the generator, as in training; ``face_only`` for the
+    baseline); references without landmarks (NaN) give an all-zero mask."""
+    from anonymizer.stage2.warp import piecewise_affine_warp
+
+    ok = torch.isfinite(ref_points).all(-1).all(-1)
+    safe = torch.where(ok[:, None, None], ref_points, points)
+    w = piecewise_affine_warp(refs, safe, points, face_only=face_only)
+    keep = ok.to(w.valid.dtype)[:, None, None, None]
+    return w.warped * keep, w.valid * keep
+
+
 @torch.no_grad()
 def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: torch.Tensor,
               refs_or_latents: torch.Tensor, domains: torch.Tensor | int | None = None, paired: bool = False,
-              batch_size: int = 16) -> AnonymizeResult:
+              batch_size: int = 16, ref_points: torch.Tensor | None = None) -> AnonymizeResult:
     """De-identify faces: image them through the privacy camera, then synthesise new faces.
+
+    With a ``reference_input`` generator each reference is warped onto the landmarks that the regressor finds in
+    the capture (soft-argmax of its 68 heatmaps) and enters the generator with its validity mask; latent-guided
+    styles get no warp (all-zero mask).
 
     Args:
         nets_ema: networks (EMA copies) from :func:`load_anonymizer` or ``build_model``.
@@ -169,10 +167,13 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
         domains: (N,) int64 target domain per reference / latent, or one int for all (default 0).
         paired: if True, N must equal B and source i gets style i; otherwise every source gets every style.
         batch_size: sources per generator call.
+        ref_points: (N, 68, 2) landmarks of the references [px] (default: :func:`reference_landmarks`).
 
     Returns:
         :class:`AnonymizeResult` (on the device of ``images``).
     """
+    from anonymizer.stage1.heatmap import soft_argmax
+
     device = images.device
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected (B, 3, S, S), got {tuple(images.shape)}")
@@ -184,8 +185,14 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
     y = (torch.full((n,), int(domains), dtype=torch.long, device=device) if isinstance(domains, int)
          else torch.as_tensor(domains, dtype=torch.long, device=device).reshape(n))
     refs_or_latents = refs_or_latents.to(device)
+    warp = bool(getattr(nets_ema.generator, "reference_input", False)) and refs_or_latents.ndim == 4
     if refs_or_latents.ndim == 4:
         styles = nets_ema.style_encoder(refs_or_latents, y)
+        if warp:
+            ref_points = (reference_landmarks(refs_or_latents) if ref_points is None else ref_points)
+            ref_points = ref_points.to(device, torch.float32)
+            if ref_points.shape != (n, 68, 2):
+                raise ValueError(f"ref_points: expected ({n}, 68, 2), got {tuple(ref_points.shape)}")
     elif refs_or_latents.ndim == 2:
         styles = nets_ema.mapping_network(refs_or_latents, y)
     else:
@@ -198,15 +205,54 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
         heatmap = regressor(capture)
         captures.append(capture)
         heatmaps.append(heatmap)
+        b = x.shape[0]
         if paired:
-            outputs.append(nets_ema.generator(capture, heatmap, styles[i:i + batch_size]).clamp(0, 1))
+            cap, hm, st, sel = capture, heatmap, styles[i:i + batch_size], slice(i, i + b)
+            ridx = torch.arange(i, i + b, device=device)
         else:
-            b = x.shape[0]
-            cap = capture.repeat_interleave(n, 0)
-            hm = heatmap.repeat_interleave(n, 0)
-            out = nets_ema.generator(cap, hm, styles.repeat(b, 1)).clamp(0, 1)
-            outputs.append(out.reshape(b, n, *out.shape[1:]))
+            cap, hm = capture.repeat_interleave(n, 0), heatmap.repeat_interleave(n, 0)
+            st = styles.repeat(b, 1)
+            ridx = torch.arange(n, device=device).repeat(b)
+        extra: tuple = ()
+        if warp:
+            extra = _warp_inputs(refs_or_latents[ridx], ref_points[ridx], soft_argmax(hm.float()))
+        out = nets_ema.generator(cap, hm, st, *extra).clamp(0, 1)
+        outputs.append(out if paired else out.reshape(b, n, *out.shape[1:]))
     return AnonymizeResult(torch.cat(captures), torch.cat(heatmaps), torch.cat(outputs))
+
+
+@torch.no_grad()
+def reference_warp(capture: torch.Tensor, regressor: nn.Module, refs: torch.Tensor,
+                   ref_points: torch.Tensor | None = None, feather_px: int = 3) -> torch.Tensor:
+    """The non-learned ``reference-warp`` baseline: each reference warped onto the landmarks the regressor finds
+    in the capture, colour-matched (per-channel mean inside the warp mask) to the capture, and blended into
+    the face region with a feathered mask; outside it the capture stays. Same inputs as the anonymizer (the
+    capture, the clean public reference), no network.
+
+    Args:
+        capture: (B, 3, S, S) in [0, 1].
+        regressor: capture -> (B, 68, S, S) heatmaps.
+        refs: (B, 3, S, S) in [0, 1], paired with the captures.
+        ref_points: (B, 68, 2) [px] (default: :func:`reference_landmarks`).
+        feather_px: blending border [px].
+
+    Returns:
+        (B, 3, S, S) in [0, 1].
+    """
+    from anonymizer.stage1.heatmap import soft_argmax
+    from anonymizer.stage2.warp import feather
+
+    if refs.shape != capture.shape:
+        raise ValueError(f"reference_warp: refs {tuple(refs.shape)} must match the captures {tuple(capture.shape)}")
+    pts = soft_argmax(regressor(capture).float())
+    ref_points = reference_landmarks(refs) if ref_points is None else ref_points
+    warped, mask = _warp_inputs(refs, ref_points.to(capture.device, torch.float32), pts, face_only=True)
+    area = mask.sum((2, 3), keepdim=True).clamp_min(1)
+    mu_w = (warped * mask).sum((2, 3), keepdim=True) / area
+    mu_c = (capture * mask).sum((2, 3), keepdim=True) / area
+    matched = (warped - mu_w + mu_c).clamp(0, 1)  # means only: the blurred capture's spread is no target
+    alpha = feather(mask, feather_px)
+    return (alpha * matched + (1 - alpha) * capture).clamp(0, 1)
 
 
 def heatmap_rgb(heatmap: torch.Tensor) -> torch.Tensor:

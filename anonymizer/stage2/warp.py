@@ -1,0 +1,228 @@
+"""Differentiable piecewise-affine warp of a reference face onto target landmarks, with fold and validity masks.
+
+Why piecewise-affine and not a thin-plate spline: kornia's exact-interpolation TPS is singular on the 68 dlib
+points (the inner-lip points coincide when the mouth is closed) and folds the face when one landmark is off.
+A piecewise-affine map over a FIXED triangulation cannot be singular: every triangle is an independent affine map
+computed from its three vertices, and a triangle whose orientation flips (negative Jacobian = a fold) or whose
+area vanishes is detected per triangle and masked.
+
+Construction (pixel convention of :mod:`anonymizer.stage1.heatmap`: pixel centres at integer ``(x, y)``):
+
+* vertices: the 68 iBUG points, 10 forehead points (each brow point moved up by ``FOREHEAD_LIFT`` times the
+  chin -> nose-bridge vector, so the forehead skin comes with the reference), and 8 image-border points (corners
+  and edge midpoints) that map to themselves;
+* triangles: the Delaunay triangulation (scipy.spatial.Delaunay) of these vertices on the mean face of the
+  embedded set (:data:`FACE_TEMPLATE`, the teacher's mean landmarks at 128 px, mouth slightly open so that all
+  68 points are distinct), computed once; the same topology is used for every image, so a triangle's
+  orientation relative to the template tells a fold;
+* each target pixel is assigned to the non-folded target triangle that contains it; its barycentric coordinates
+  give the reference position (the map target -> reference is affine per triangle), which is sampled bilinearly
+  (``grid_sample``). The output is differentiable w.r.t. the reference image and both point sets.
+
+Masks: ``valid`` is 1 where the pixel lies in a FACE triangle (no border vertex), the triangle is not folded or
+degenerate in the target or the reference, no folded triangle covers the pixel, and the reference position lies
+inside the reference image. Outside ``valid`` the warped image is 0: the warp never smears the border of the
+reference across the background.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from data.loader import FLIP_68, flip_points
+
+__all__ = ["FACE_TEMPLATE", "FOREHEAD_LIFT", "WarpResult", "face_vertices", "triangulation", "piecewise_affine_warp",
+           "feather", "FLIP_68", "flip_points"]
+
+# mean dlib 68-point shape of the embedded training faces (x, y) / img_size, from the teacher cache at 128 px
+FACE_TEMPLATE = np.array([
+    [.142, .431], [.146, .520], [.155, .607], [.169, .695], [.196, .778], [.246, .848], [.313, .906], [.391, .949],
+    [.485, .961], [.579, .949], [.657, .906], [.723, .849], [.772, .778], [.799, .696], [.812, .607], [.821, .520],
+    [.825, .431], [.195, .344], [.234, .295], [.295, .276], [.358, .281], [.419, .304], [.548, .303], [.610, .280],
+    [.673, .276], [.734, .295], [.772, .344], [.485, .380], [.486, .432], [.486, .484], [.487, .538], [.409, .585],
+    [.447, .593], [.486, .603], [.525, .593], [.562, .584], [.269, .407], [.306, .385], [.350, .385], [.390, .409],
+    [.348, .417], [.305, .418], [.578, .409], [.619, .385], [.662, .386], [.699, .408], [.663, .418], [.620, .417],
+    [.331, .704], [.386, .673], [.445, .659], [.487, .667], [.529, .659], [.586, .673], [.640, .703], [.589, .762],
+    [.532, .786], [.487, .790], [.441, .787], [.383, .763], [.353, .708], [.444, .694], [.487, .697], [.530, .694],
+    [.618, .707], [.530, .735], [.487, .740], [.443, .735]], dtype=np.float64)
+
+FOREHEAD_LIFT = 0.3
+"""Forehead points = brow points + FOREHEAD_LIFT * (nose bridge (27) - chin (8))."""
+
+_BROWS = list(range(17, 27))
+NUM_FACE_VERTICES = 68 + len(_BROWS)
+
+def face_vertices(points: torch.Tensor) -> torch.Tensor:
+    """68 landmarks -> the 78 face vertices (68 + forehead).
+
+    Args:
+        points: (B, 68, 2) ``(x, y)`` [px].
+
+    Returns:
+        (B, 78, 2) [px].
+    """
+    if points.ndim != 3 or points.shape[1:] != (68, 2):
+        raise ValueError(f"points: expected (B, 68, 2) iBUG landmarks, got {tuple(points.shape)}")
+    up = points[:, 27:28] - points[:, 8:9]
+    return torch.cat([points, points[:, _BROWS] + FOREHEAD_LIFT * up], dim=1)
+
+
+def _border(size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    lo, hi, mid = -0.5, size - 0.5, (size - 1) / 2.0
+    pts = [[lo, lo], [mid, lo], [hi, lo], [hi, mid], [hi, hi], [mid, hi], [lo, hi], [lo, mid]]
+    return torch.tensor(pts, dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=1)
+def triangulation() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The fixed triangulation of the template vertices.
+
+    Returns:
+        (triangles (T, 3) int64 vertex indices, orientation (T,) +1/-1 of each triangle on the template,
+        face (T,) bool: the triangle uses face vertices only).
+    """
+    from scipy.spatial import Delaunay
+
+    tmpl = torch.from_numpy(FACE_TEMPLATE * 128.0)[None]
+    verts = torch.cat([face_vertices(tmpl)[0], _border(128, torch.float64, torch.device("cpu"))]).numpy()
+    tri = Delaunay(verts).simplices.astype(np.int64)
+    a, b, c = verts[tri[:, 0]], verts[tri[:, 1]], verts[tri[:, 2]]
+    det = (b[:, 0] - a[:, 0]) * (c[:, 1] - a[:, 1]) - (b[:, 1] - a[:, 1]) * (c[:, 0] - a[:, 0])
+    return tri, np.sign(det).astype(np.int64), (tri < NUM_FACE_VERTICES).all(1)
+
+
+@dataclass
+class WarpResult:
+    """Output of :func:`piecewise_affine_warp`.
+
+    Attributes:
+        warped: (B, C, H, W) the reference resampled onto the target geometry, 0 outside ``valid``.
+        valid: (B, 1, H, W) in {0, 1}.
+        grid: (B, H, W, 2) reference position [px] of each target pixel (identity where not in any triangle).
+        folds: (B,) number of folded / degenerate face triangles (target or reference).
+    """
+
+    warped: torch.Tensor
+    valid: torch.Tensor
+    grid: torch.Tensor
+    folds: torch.Tensor
+
+
+def _cross(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    return u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]
+
+
+def _barycentric_matrices(tri: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, 2) triangles -> (B, T, 3, 3) matrices M with ``lambda = M @ (x, y, 1)`` (barycentric coordinates
+    of pixel (x, y)); degenerate triangles get a matrix whose outputs are never all >= 0 where it matters (they
+    are excluded by the area test anyway)."""
+    ones = torch.ones_like(tri[..., :1])
+    a = torch.cat([tri, ones], -1).transpose(-1, -2)                           # columns = vertices (x, y, 1)
+    det = torch.linalg.det(a)
+    a = a + (det.abs() < 1e-9)[..., None, None] * torch.eye(3, dtype=a.dtype, device=a.device)
+    return torch.linalg.inv(a)
+
+
+def piecewise_affine_warp(reference: torch.Tensor, ref_points: torch.Tensor, dst_points: torch.Tensor,
+                          min_area: float = 0.05, face_only: bool = True) -> WarpResult:
+    """Warp ``reference`` so that its landmarks ``ref_points`` land on ``dst_points``.
+
+    Args:
+        reference: (B, C, H, W) reference images (any range).
+        ref_points: (B, 68, 2) iBUG landmarks of the references [px].
+        dst_points: (B, 68, 2) target landmarks [px] in the H x W output frame.
+        min_area: triangles with a signed area (template orientation) below this in the target or the
+            reference are folds / degenerate [px^2].
+        face_only: mask out the triangles that touch the image border (True: no smearing outside the face).
+
+    Returns:
+        :class:`WarpResult`.
+    """
+    if reference.ndim != 4:
+        raise ValueError(f"reference: expected (B, C, H, W), got {tuple(reference.shape)}")
+    b, _, h, w = reference.shape
+    if h != w:
+        raise ValueError(f"reference: square images only, got {h} x {w}")
+    if ref_points.shape != (b, 68, 2) or dst_points.shape != (b, 68, 2):
+        raise ValueError(f"points: expected ({b}, 68, 2) each, got {tuple(ref_points.shape)} and "
+                         f"{tuple(dst_points.shape)}")
+    dtype, device = reference.dtype if reference.is_floating_point() else torch.float32, reference.device
+    tri_np, orient_np, face_np = triangulation()
+    tri = torch.from_numpy(tri_np).to(device)
+    orient = torch.from_numpy(orient_np).to(device, dtype)
+    face = torch.from_numpy(face_np).to(device)
+    border = _border(h, dtype, device)[None].expand(b, -1, -1)
+    vs = torch.cat([face_vertices(ref_points.to(device, dtype)), border], 1)   # (B, N, 2)
+    vd = torch.cat([face_vertices(dst_points.to(device, dtype)), border], 1)
+    ts, td = vs[:, tri], vd[:, tri]                                            # (B, T, 3, 2)
+    area_d = orient * _cross(td[:, :, 1] - td[:, :, 0], td[:, :, 2] - td[:, :, 0]) / 2
+    area_s = orient * _cross(ts[:, :, 1] - ts[:, :, 0], ts[:, :, 2] - ts[:, :, 0]) / 2
+    good = (area_d > min_area) & (area_s > min_area)                           # (B, T)
+    flipped_d = area_d < -min_area
+    ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=dtype), torch.arange(w, device=device, dtype=dtype),
+                            indexing="ij")
+    pix = torch.stack([xs, ys], -1).reshape(-1, 2)                             # (P, 2)
+    eps = 1e-4
+    index = torch.zeros(b, pix.shape[0], dtype=torch.long, device=device)
+    covered = torch.zeros(b, pix.shape[0], dtype=torch.bool, device=device)
+    pix_h = torch.cat([pix, torch.ones_like(pix[:, :1])], 1).t()              # (3, P)
+    # only the face triangles matter when face_only (the others are masked): test those, inside the face's box
+    cand = torch.nonzero(face).flatten() if face_only else torch.arange(len(tri), device=device)
+    with torch.no_grad():
+        bary = _barycentric_matrices(td[:, cand].detach())                     # (B, T', 3, 3)
+        for i in range(b):  # (T', P') per image keeps memory small
+            lo = vd[i, :NUM_FACE_VERTICES].detach().amin(0).floor() - 1
+            hi = vd[i, :NUM_FACE_VERTICES].detach().amax(0).ceil() + 1
+            sub = ((pix >= lo) & (pix <= hi)).all(1) if face_only else torch.ones_like(covered[i])
+            sub = torch.nonzero(sub).flatten()
+            if len(sub) == 0:
+                continue
+            lam = (bary[i].reshape(-1, 3) @ pix_h[:, sub]).reshape(len(cand), 3, len(sub))
+            low = lam.amin(1)                                                  # (T', P') >= 0 inside
+            inside = low >= -eps
+            score = torch.where(inside & good[i, cand, None], low, torch.full_like(low, -1e9))
+            best, arg = score.max(0)
+            index[i, sub] = cand[arg]
+            bad = flipped_d[i, cand]
+            ok = best > -1e8
+            if bool(bad.any()):
+                ok = ok & ~inside[bad].any(0)
+            covered[i, sub] = ok
+    sel_d = torch.gather(td, 1, index[..., None, None].expand(-1, -1, 3, 2))   # (B, P, 3, 2)
+    sel_s = torch.gather(ts, 1, index[..., None, None].expand(-1, -1, 3, 2))
+    a0, v0, v1 = sel_d[:, :, 0], sel_d[:, :, 1] - sel_d[:, :, 0], sel_d[:, :, 2] - sel_d[:, :, 0]
+    den = _cross(v0, v1)
+    den = torch.where(den.abs() > 1e-12, den, torch.full_like(den, 1e-12))
+    v2 = pix[None] - a0
+    l1, l2 = _cross(v2, v1) / den, _cross(v0, v2) / den
+    src = sel_s[:, :, 0] * (1 - l1 - l2)[..., None] + sel_s[:, :, 1] * l1[..., None] + sel_s[:, :, 2] * l2[..., None]
+    src = torch.where(covered[..., None], src, pix[None].expand(b, -1, -1))
+    in_face = torch.gather(face[None].expand(b, -1), 1, index) if face_only else torch.ones_like(covered)
+    inside_ref = ((src >= -0.5) & (src <= h - 0.5)).all(-1)
+    valid = (covered & in_face & inside_ref).to(dtype).reshape(b, 1, h, w)
+    grid = src.reshape(b, h, w, 2)
+    norm = (grid + 0.5) / torch.tensor([w, h], dtype=dtype, device=device) * 2 - 1
+    warped = F.grid_sample(reference.to(dtype), norm, mode="bilinear", padding_mode="border", align_corners=False)
+    folds = ((~good) & face[None]).sum(1)
+    return WarpResult(warped * valid, valid, grid, folds)
+
+
+def feather(mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
+    """Soft version of a binary mask for blending: eroded by ``radius`` px, then box-blurred over ``2 radius + 1``.
+
+    Args:
+        mask: (B, 1, H, W) in {0, 1}.
+
+    Returns:
+        (B, 1, H, W) in [0, 1], 0 wherever ``mask`` is 0.
+    """
+    if radius <= 0:
+        return mask
+    k = 2 * radius + 1
+    eroded = -F.max_pool2d(-mask, k, stride=1, padding=radius)
+    soft = F.avg_pool2d(eroded, k, stride=1, padding=radius, count_include_pad=False)
+    return soft * mask

@@ -1,0 +1,107 @@
+"""Piecewise-affine reference warp: known points land within 1 px, identity, folds masked, no smearing."""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from anonymizer.stage2.warp import face_vertices, feather, piecewise_affine_warp, triangulation
+from tests.helpers import template_points
+
+S = 128
+
+
+def dots(points: torch.Tensor, size: int, sigma: float = 1.2) -> torch.Tensor:
+    """(1, 1, size, size) image of Gaussian dots at ``points`` (K, 2)."""
+    ys, xs = torch.meshgrid(torch.arange(size, dtype=torch.float64), torch.arange(size, dtype=torch.float64),
+                            indexing="ij")
+    img = torch.zeros(size, size, dtype=torch.float64)
+    for x, y in points.tolist():
+        img += torch.exp(-((xs - x) ** 2 + (ys - y) ** 2) / (2 * sigma ** 2))
+    return img[None, None]
+
+
+def centroid(img: torch.Tensor, near: torch.Tensor, r: int = 3) -> torch.Tensor:
+    x0, y0 = int(round(near[0].item())), int(round(near[1].item()))
+    win = img[0, 0, y0 - r:y0 + r + 1, x0 - r:x0 + r + 1]
+    ys, xs = torch.meshgrid(torch.arange(y0 - r, y0 + r + 1, dtype=win.dtype),
+                            torch.arange(x0 - r, x0 + r + 1, dtype=win.dtype), indexing="ij")
+    return torch.stack([(win * xs).sum() / win.sum(), (win * ys).sum() / win.sum()])
+
+
+def similarity(points: torch.Tensor, angle_deg: float, scale: float, shift: tuple[float, float]) -> torch.Tensor:
+    a = math.radians(angle_deg)
+    rot = torch.tensor([[math.cos(a), -math.sin(a)], [math.sin(a), math.cos(a)]], dtype=points.dtype) * scale
+    c = (S - 1) / 2
+    return (points - c) @ rot.T + c + torch.tensor(shift, dtype=points.dtype)
+
+
+def test_reference_landmarks_land_on_the_target_landmarks_within_one_pixel() -> None:
+    ref = template_points(S).double()
+    g = torch.Generator().manual_seed(0)
+    dst = similarity(ref[0], 6.0, 1.05, (2.0, -3.0))[None] + torch.randn(1, 68, 2, generator=g,
+                                                                           dtype=torch.float64) * 0.8
+    # well-separated points with a clean neighbourhood: eye corners, nose tip, mouth corners, chin, brow ends
+    keep = [36, 39, 42, 45, 30, 48, 54, 8, 17, 26, 2, 14]
+    image = dots(ref[0, keep], S)
+    # face_only=False: the jaw dots straddle the face outline, which the face mask would cut in half
+    out = piecewise_affine_warp(image, ref, dst, face_only=False)
+    assert out.folds.item() == 0
+    for k, p in zip(keep, dst[0, keep]):
+        c = centroid(out.warped, p)
+        assert (c - p).norm() < 1.0, f"point {k}: dot at {c.tolist()}, target {p.tolist()}"
+
+
+def test_identical_geometry_is_the_identity_warp() -> None:
+    pts = template_points(S)
+    img = torch.rand(2, 3, S, S, generator=torch.Generator().manual_seed(1))
+    out = piecewise_affine_warp(img, pts.repeat(2, 1, 1), pts.repeat(2, 1, 1))
+    m = out.valid.bool().expand_as(img)
+    assert out.valid.mean() > 0.4  # the face + forehead region
+    assert (out.warped - img)[m].abs().max() < 1e-4
+    ys, xs = torch.meshgrid(torch.arange(S, dtype=torch.float32), torch.arange(S, dtype=torch.float32), indexing="ij")
+    assert (out.grid[0] - torch.stack([xs, ys], -1)).abs().max() < 1e-3
+
+
+def test_outside_the_face_nothing_is_smeared() -> None:
+    pts = template_points(S)
+    img = torch.ones(1, 3, S, S)
+    out = piecewise_affine_warp(img, pts, pts + torch.tensor([10.0, 0.0]))
+    verts = face_vertices(pts + torch.tensor([10.0, 0.0]))[0]
+    assert out.valid[0, 0, :, : int(verts[:, 0].min()) - 1].sum() == 0  # left of the shifted face: empty
+    assert out.warped[out.valid.expand_as(img) == 0].abs().max() == 0
+
+
+def test_folds_are_counted_and_masked() -> None:
+    pts = template_points(S)
+    dst = pts.clone()
+    dst[0, 30], dst[0, 33] = pts[0, 33].clone(), pts[0, 30].clone()  # nose tip below the nostril base: a fold
+    img = torch.rand(1, 3, S, S)
+    out = piecewise_affine_warp(img, pts, dst)
+    assert out.folds.item() > 0
+    # the folded triangles' area is not valid
+    tri, orient, face = triangulation()
+    verts = face_vertices(dst)[0]
+    t = tri[face][0]
+    assert out.valid.mean() < piecewise_affine_warp(img, pts, pts).valid.mean()
+    assert torch.isfinite(out.warped).all() and verts.shape == (78, 2) and len(t) == 3
+
+
+def test_closed_mouth_coincident_inner_lips_are_not_singular() -> None:
+    pts = template_points(S)
+    closed = pts.clone()
+    closed[0, 65:68] = closed[0, [63, 62, 61]]  # inner lower lip on the inner upper lip
+    img = torch.rand(1, 3, S, S, requires_grad=True)
+    dst = pts.clone().requires_grad_()
+    out = piecewise_affine_warp(img, closed, dst)
+    assert torch.isfinite(out.warped).all() and out.valid.sum() > 0
+    out.warped.sum().backward()
+    assert torch.isfinite(img.grad).all() and img.grad.abs().sum() > 0
+    assert torch.isfinite(dst.grad).all() and dst.grad.abs().sum() > 0  # differentiable w.r.t. the geometry
+
+
+def test_feather_is_zero_outside_and_one_deep_inside() -> None:
+    m = torch.zeros(1, 1, 32, 32)
+    m[..., 8:24, 8:24] = 1
+    f = feather(m, 2)
+    assert f[m == 0].abs().max() == 0 and f[0, 0, 16, 16] == 1 and 0 < f[0, 0, 8, 16] < 1
