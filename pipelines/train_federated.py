@@ -226,13 +226,20 @@ def _site_mod(msg, context, call_next):
     return call_next(msg, context)
 
 
-def _make_deployed_apps():
-    from flwr.client import ClientApp
+def _make_server_app():
     from flwr.server import ServerApp
 
-    server = ServerApp()
-    server.main()(_deployed_server)
-    return server, ClientApp(client_fn=_deployed_client_fn, mods=[_site_mod])
+    app = ServerApp()
+    app.main()(_deployed_server)
+    return app
 
 
-server_app, client_app = _make_deployed_apps()
+def _make_client_app():
+    from flwr.client import ClientApp
+
+    return ClientApp(client_fn=_deployed_client_fn, mods=[_site_mod])
+
+
+# plain assignments: flwr run finds the components by static analysis of this file
+server_app = _make_server_app()
+client_app = _make_client_app()
