@@ -1,9 +1,10 @@
 """The frozen optics of Stage II (camera + heatmap regressor), in order of preference:
 
   1. ``--optics_checkpoint`` (a Stage I ``*_optics.ckpt``); ``--psf`` replaces its lens by a measured PSF;
-  2. the shipped ``checkpoints/stage1_optics.ckpt`` when it exists and was trained at ``--img_size``;
+  2. the shipped ``checkpoints/stage1_optics.ckpt`` when it exists, was trained at ``--img_size`` and predicts the
+     68 per-landmark heatmaps (``--heatmap_mode landmarks``) that Stage II warps on;
   3. otherwise a regressor warm-up: Stage I with the lens frozen (``--lens`` / ``--psf``), teacher landmarks
-     (``--teacher``) on the clean training faces as heatmap targets, ``REGRESSOR_WARMUP_ITERS`` steps, written to
+     (dlib) on the clean training faces as 68 per-landmark heatmap targets, ``REGRESSOR_WARMUP_ITERS`` steps, written to
      ``<checkpoint_dir>/optics`` (reused when it is already there).
 """
 from __future__ import annotations
@@ -38,6 +39,10 @@ def build_optics(args: argparse.Namespace, ckpt_dir: Path, device: torch.device,
     if SHIPPED_OPTICS.is_file():
         try:
             optics = frozen_optics_from_checkpoint(SHIPPED_OPTICS, args.img_size, psf)
+            channels = int(optics.regressor.config["out_channels"])
+            if channels != 68:
+                raise ValueError(f"its regressor predicts {channels} heatmap channels, Stage II needs the 68 "
+                                 "per-landmark heatmaps")
             log.info("optics: shipped Stage I checkpoint %s", SHIPPED_OPTICS)
             return optics
         except ValueError as err:
@@ -66,6 +71,7 @@ def _warmup_regressor(args: argparse.Namespace, out_dir: Path, device: torch.dev
     train_dir, _ = image_dirs(args.train_img_dir, args.val_img_dir, args.img_size)
     teacher = LandmarkTeacher(args.teacher, device=str(device))
     train_set = load_face_set(train_dir, args.img_size, teacher, {}, "train")
+    args = argparse.Namespace(**{**vars(args), "heatmap_mode": "landmarks"})  # Stage II warps on 68 points
     cfg = stage1_config(args, TEACHERS[args.teacher])
     cfg.freeze_lens = True
     cfg.batch_size = max(cfg.batch_size, 8)
