@@ -6,9 +6,10 @@
 Each source is imaged through the camera stored in the checkpoint (or ``--psf``), its heatmap predicted by the
 frozen regressor, and new faces synthesised:
 
-* ``reference/<src>__<ref>.png``: reference-guided (style of every image in ``--ref_dir``; folder per domain,
-  or flat for a one-domain model);
-* ``latent/<src>__<domain>_<k>.png``: latent-guided, ``--num_outs_per_domain`` random styles per domain;
+* ``reference/<src>__<ref>.png``: reference-guided (every image in ``--ref_dir``, warped onto the landmarks that
+  the regressor finds in the capture, plus its style; folder per domain, or flat for a one-domain model);
+* ``latent/<src>__<domain>_<k>.png``: latent-guided, ``--num_outs_per_domain`` random styles per domain (no
+  reference to warp: the current Stage II training does not train this path, see anonymizer/stage2/solver.py);
 * ``capture/<src>.png``, ``heatmap/<src>.png``: what the generator was given;
 * grids ``reference_grid_<i>.png`` / ``latent_grid_<i>.png`` (8 sources each): rows ``source | capture |
   heatmap | outputs`` (the reference grid starts with a row of the references).
@@ -46,7 +47,8 @@ def reference_labels(ref_domains: list[str], trained: list[str] | None, num_doma
 
 
 def run(args: argparse.Namespace) -> None:
-    from anonymizer.stage2.sampling import anonymize, heatmap_rgb, load_anonymizer, sample_rows, save_grid
+    from anonymizer.stage2.sampling import (anonymize, heatmap_rgb, load_anonymizer, reference_landmarks,
+                                            sample_rows, save_grid)
     from data.datasets import SourceDataset, scan
     from data.files import save_image, save_json
 
@@ -62,6 +64,8 @@ def run(args: argparse.Namespace) -> None:
     trained = trained.split(",") if isinstance(trained, str) and trained else None
     label_of = reference_labels(refs.domains, trained, num_domains, args.ref_dir)
     ref_images = torch.stack([refs.load(i) for i in range(len(refs))]).to(device)
+    # the references' dlib landmarks (clean public faces) once, for the warp of every source
+    ref_pts = reference_landmarks(ref_images) if getattr(nets_ema.generator, "reference_input", False) else None
     ref_y = torch.tensor([label_of[t] for t in refs.targets], device=device)
     ref_names = unique_stems([Path(f) for f in refs.files])  # a.png / a.jpg: two outputs, not one
     gen = torch.Generator().manual_seed(args.seed)
@@ -75,7 +79,7 @@ def run(args: argparse.Namespace) -> None:
         idx = list(range(start, min(start + ROWS_PER_GRID, len(sources))))
         images = torch.stack([sources.load(i) for i in idx]).to(device)
         names = [src_names[i] for i in idx]
-        by_ref = anonymize(nets_ema, camera, regressor, images, ref_images, ref_y)
+        by_ref = anonymize(nets_ema, camera, regressor, images, ref_images, ref_y, ref_points=ref_pts)
         by_z = anonymize(nets_ema, camera, regressor, images, z, z_y)
         hm = heatmap_rgb(by_ref.heatmap)
         for i, name in enumerate(names):
