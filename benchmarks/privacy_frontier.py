@@ -234,7 +234,20 @@ def table(result: dict) -> str:
         lines.append(f"| {r['label']} | {r['nme']:.4f} | {r['rank1']:.3f} | {r['strongest_attack']} | "
                      f"{r['rank5']:.3f} | {r['rank1_large']:.3f} | {r['rank5_large']:.3f} | "
                      f"{at['capture']['heldout']['rank1']:.3f} | {at['inverter']['heldout']['rank1']:.3f} |")
+    if result.get("mean_shape_nme") is not None:
+        lines += ["", f"Reference: predicting the mean training landmarks for every face (no capture used) gives NME "
+                      f"{result['mean_shape_nme']:.4f} on the held-out faces (the crops are aligned)."]
     return "\n".join(lines) + "\n"
+
+
+def mean_shape_nme(train: FaceLandmarkSet, val: FaceLandmarkSet) -> float:
+    """NME on ``val`` of predicting the mean training landmarks for every face (the no-information predictor)."""
+    from anonymizer.stage1.heatmap import landmark_nme
+
+    keep_t, keep_v = train.found.bool(), val.found.bool()
+    mean = train.landmarks[keep_t].mean(0, keepdim=True)
+    target = val.landmarks[keep_v]
+    return float(landmark_nme(mean.expand_as(target), target).mean())
 
 
 def figure(result: dict):
@@ -254,6 +267,9 @@ def figure(result: dict):
     chance = 1 / result["num_val"]
     ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.3f})")
     ax.axhline(chance + 0.05, color="k", ls=":", lw=0.8, label="chance + 5 points")
+    if result.get("mean_shape_nme") is not None:
+        ax.axvline(result["mean_shape_nme"], color="tab:brown", ls="--", lw=0.8,
+                   label=f"NME of the mean training shape ({result['mean_shape_nme']:.3f}, no capture used)")
     ax.set_xlabel("landmark NME of the Stage I regressor (lower = more useful)")
     ax.set_ylabel("rank-1 re-identification after the strongest attack")
     ax.set_title(f"Privacy / utility frontier, {result['num_val']} held-out people, {result['img_size']} px")
@@ -313,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
               "inverter": {"base": a.inverter_base, "depth": a.inverter_depth, "loss": a.inverter_loss},
               "num_train": len(train), "num_val": len(val), "chance_rank1": 1 / len(val),
               "chance_rank1_large": 1 / (len(val) + len(train)), "seed": a.seed, "rows": rows,
+              "mean_shape_nme": mean_shape_nme(train, val),
               "protocol": "probe = attacked capture of person i aligned with the clean photo's dlib landmarks; "
                           "gallery = clean photos of the held-out people (+ the training faces as distractors "
                           "in the large gallery); rank-1 = max over attacks (capture, Wiener, RL, inverter)"}
