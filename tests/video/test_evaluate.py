@@ -79,4 +79,6 @@ def test_report_files(tmp_path):
     names = {p.name for p in written}
     assert {"frames.csv", "summary.json", "metrics.png", "plot_iou.png", "plot_landmarks_px.png"} <= names
     lines = (tmp_path / "frames.csv").read_text().splitlines()
-    assert len(lines) == 5 and lines[0].startswith("frame_id,track_id,found,iou")
+    header = lines[0].split(",")
+    assert len(lines) == 5 and header[:3] == ["frame_id", "track_id", "found"]
+    assert {"iou", "landmarks_px", "pose_error_deg", "euler_cosine", "diffscore"} <= set(header)
