@@ -129,3 +129,13 @@ def test_reference_warp_needs_a_68_point_regressor(shipped_model):
     else:
         with pytest.raises(RuntimeError, match="68 landmark"):
             Deidentifier("reference-warp", model=shipped_model)
+
+
+def test_input_is_capture_skips_the_simulated_camera(moving_face, shipped_model):
+    """Prototype frames are already captures: 'capture' then only resamples the face (no second blur)."""
+    frames, tracks = moving_face.frames[:2], moving_face.tracks[:2]
+    same = Deidentifier("capture", model=shipped_model, input_is_capture=True)(frames, tracks)
+    blurred = Deidentifier("capture", model=shipped_model)(frames, tracks)
+    err_same = np.abs(same[0].astype(float) - frames[0]).mean()
+    err_blur = np.abs(blurred[0].astype(float) - frames[0]).mean()
+    assert err_same < 0.5 and err_blur > 4 * err_same
