@@ -130,8 +130,13 @@ def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Modul
         path = spec[5:]
         meta = load_checkpoint(path).get("stage1_config") or {}
         w = float(meta.get("lambda_adv", 0.0) or 0.0)
-        label = (f"adversarial lens (w={w:g}, {Path(path).parent.name}/{Path(path).name})" if w > 0
-                 else f"frequency-band lens ({Path(path).parent.name}/{Path(path).name})")
+        where = f"{Path(path).parent.name}/{Path(path).name}"
+        if meta.get("freeze_lens"):
+            label = f"fixed lens + Stage I regressor ({where})"
+        elif w > 0:
+            label = f"adversarial lens (w={w:g}, {where})"
+        else:
+            label = f"frequency-band lens ({where})"
         return label, Camera(load_optic(path), noise=True), {"freeze_lens": True}
     raise ValueError(f"unknown camera {spec!r}")
 
