@@ -255,20 +255,29 @@ def mean_shape_nme(train: FaceLandmarkSet, val: FaceLandmarkSet) -> float:
     return float(landmark_nme(mean.expand_as(target), target).mean())
 
 
+def _short(label: str) -> str:
+    """Figure label: the camera without the checkpoint path."""
+    if "stage1_optics.ckpt" in label:
+        return "shipped Stage I"
+    if label.startswith("adversarial lens (w="):
+        return "adversarial w=" + label[len("adversarial lens (w="):].split(",")[0]
+    return label.split(" (")[0] if label.endswith(".ckpt)") else label
+
+
 def figure(result: dict):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 5.2))
+    fig, ax = plt.subplots(figsize=(8.5, 6.0))
     colours = {"low-res": "tab:blue", "blur": "tab:orange", "pixelate": "tab:green", "face-deid": "tab:gray",
                "frequency": "tab:purple", "adversarial": "tab:red", "Stage I": "tab:red"}
     for r in result["rows"]:
         c = next((v for k, v in colours.items() if r["label"].startswith(k)), "black")
         marker = "*" if r["label"].startswith(("adversarial", "Stage I")) else "o"
         ax.scatter(r["nme"], r["rank1"], c=c, marker=marker, s=120 if marker == "*" else 50, zorder=3)
-        ax.annotate(r["label"], (r["nme"], r["rank1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(_short(r["label"]), (r["nme"], r["rank1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     chance = 1 / result["num_val"]
     ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.3f})")
     ax.axhline(chance + 0.05, color="k", ls=":", lw=0.8, label="chance + 5 points")
@@ -280,7 +289,7 @@ def figure(result: dict):
     ax.set_title(f"Privacy / utility frontier, {result['num_val']} held-out people, {result['img_size']} px")
     ax.set_ylim(-0.02, 1.02)
     ax.grid(alpha=0.3)
-    ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=3, fontsize=8, frameon=False)
     fig.tight_layout()
     return fig
 
