@@ -42,7 +42,9 @@ log = logging.getLogger("stage2_reference")
 
 def pick(val: SourceDataset, n_src: int, n_ref: int) -> tuple[torch.Tensor, torch.Tensor, list[str], list[str]]:
     idx = np.linspace(0, len(val) - 1, n_src + n_ref).round().astype(int)
-    src_i, ref_i = idx[0::2][:n_src], idx[1::2][:n_ref]
+    every = max(2, (n_src + n_ref) // max(1, n_ref))
+    ref_i = idx[1::every][:n_ref]
+    src_i = np.array([i for i in idx if i not in set(ref_i)])[:n_src]
     if len(src_i) < n_src or len(ref_i) < n_ref:
         raise ValueError(f"validation set has {len(val)} images, too few for {n_src} + {n_ref}")
     names = lambda ii: [Path(val.files[i]).stem for i in ii]  # noqa: E731
