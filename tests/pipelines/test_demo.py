@@ -32,6 +32,7 @@ def test_shipped_checkpoints_are_small_and_weights_only():
     assert total <= 25 * 1024 * 1024
 
 
+@pytest.mark.slow  # runs the whole demo (~40-90 s on 2 cores); the shipped-files test stays fast
 def test_demo_writes_every_output(demo_out):
     for name in ("demo.png", "psf.png", "metrics.json", "metrics.md"):
         assert (demo_out / name).is_file(), name
@@ -39,6 +40,7 @@ def test_demo_writes_every_output(demo_out):
     assert fig.ndim == 3 and min(fig.shape[:2]) > 200 and fig.std() > 10  # a real figure, not a blank canvas
 
 
+@pytest.mark.slow  # runs the whole demo (~40-90 s on 2 cores); the shipped-files test stays fast
 def test_demo_metrics_are_finite_and_in_range(demo_out):
     report = json.loads((demo_out / "metrics.json").read_text())
     assert report["num_faces"] == NUM_SOURCES

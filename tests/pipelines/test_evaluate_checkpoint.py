@@ -29,6 +29,7 @@ def _domains(root: Path, faces: list[np.ndarray], domains: tuple[str, ...]) -> P
     return root
 
 
+@pytest.mark.slow  # trains a tiny Stage II model and runs the whole protocol (~40 s)
 def test_protocol_with_attribute_attack(tmp_path, nba_faces):
     ckpt = _checkpoint(tmp_path / "ckpt", num_domains=2)
     data = _domains(tmp_path / "faces", nba_faces[:8], ("bright", "dark"))
