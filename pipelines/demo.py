@@ -220,7 +220,9 @@ def run(args: argparse.Namespace) -> None:
           f"(chance {transfer['ref_transfer_chance']:.0%}); diversity across references "
           f"{transfer['diversity']:.3f} (dlib distance); pixel change by reference {transfer['ref_change']:.3f} vs "
           f"by source {transfer['src_change']:.3f} (ratio {transfer['ref_dependence_ratio']:.2f})")
-    log.info("demo written to %s in %.1f s", out, time.perf_counter() - start)
+    from pipelines.safety import final_path
+
+    log.info("demo written to %s in %.1f s", final_path(out), time.perf_counter() - start)
 
 
 def reference_transfer(sources: list[np.ndarray], refs: list[np.ndarray], outputs: list[list[np.ndarray]]) -> dict:
