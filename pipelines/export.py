@@ -1,7 +1,7 @@
 """``--mode export``: small release checkpoints for inference (what checkpoints/ in the repository holds).
 
     python main.py --mode export --optics_checkpoint expr/optics_embedded/000800_optics.ckpt \
-        --checkpoint_dir expr/anonymizer_embedded --resume_iter 450 --export_weights raw --out checkpoints
+        --checkpoint_dir expr/anonymizer_embedded --resume_iter 450 --export_weights raw --out checkpoints --overwrite
 
 Stage I: the lens parameters (config-derived buffers are rebuilt from ``lens_config``), the regressor and the
 metadata; Stage II: the EMA networks, the frozen capture PSF and regressor, and the metadata. Optimiser states,

@@ -15,7 +15,7 @@ lens' height range is then fixed to +- one design wave (unless the lens file set
 Without image folders the embedded face set is used (pipelines.faces.default_face_dirs). Checkpoints
 (``<step>_optics.ckpt``), sample grids (``samples/<step>_stage1.png``: clean | capture | predicted heatmap |
 target) and ``stage1_data.json`` (skipped files, images without a teacher face) go to ``--checkpoint_dir``
-(default expr/optics). The checkpoint format is described in anonymizer/stage1.py.
+(default expr/optics). The checkpoint format is described in anonymizer/stage1/trainer.py.
 """
 from __future__ import annotations
 
