@@ -17,13 +17,13 @@ and ``trainer(train_set, seed)``; it must be picklable (the simulation ships the
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import federated  # noqa: F401  (telemetry off before flwr is imported)
 
 import numpy as np
 
+from data.files import atomic_write
 from federated.config import FederatedConfig
 from federated.params import encode_update, get_arrays, max_abs, set_arrays, wire_scales
 
@@ -70,11 +70,8 @@ def local_round(factory, cfg: FederatedConfig, partition_id: int | None, node_co
         log.warning("client %s round %d: update entry %.3g exceeds --clipping_range %.3g and is clipped by SecAgg+",
                     partition_id, server_round, max_abs(update), cfg.clipping_range)
     if cfg.dump_dir:
-        out = Path(cfg.dump_dir) / f"r{server_round}_c{partition_id}.npz"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(f".tmp{os.getpid()}.npz")
-        np.savez(tmp, *update, num_examples=len(train_set))
-        os.replace(tmp, out)
+        atomic_write(Path(cfg.dump_dir) / f"r{server_round}_c{partition_id}.npz",
+                     lambda fh: np.savez(fh, *update, num_examples=len(train_set)))
     return update, len(train_set)
 
 
