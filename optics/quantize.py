@@ -144,8 +144,14 @@ QUANTIZE_MODELS = {"pupil": QuantizedLens, "fabricated": FabricatedLens}
 
 
 def build_lens(config: LensConfig, quantize_levels: int = 0) -> Lens:
-    """A Lens, or a QuantizedLens with ``quantize_levels`` levels when that is > 0."""
-    return QuantizedLens(config, quantize_levels) if quantize_levels else Lens(config)
+    """A Lens, or, when ``quantize_levels`` > 0, the fabrication-aware :class:`FabricatedLens` with that many
+    levels. Its quantiser range is recorded in the config (``height_range``, default
+    :func:`default_quantize_range`), so the fabrication export writes the same levels it was trained with."""
+    if not quantize_levels:
+        return Lens(config)
+    if config.height_range is None:
+        config = config.replace(height_range=list(default_quantize_range(config)))
+    return FabricatedLens(config, quantize_levels)
 
 
 def lens_from_state(lens_config: dict[str, Any], lens_state: dict[str, torch.Tensor],

@@ -60,23 +60,23 @@ def load_face_set(folder: Path, img_size: int, teacher, report: dict[str, Any], 
 
 def build_stage1_camera(args: argparse.Namespace):
     """The trainable Stage I camera with sensor noise (:func:`pipelines.common.build_camera`): measured PSF
-    (--psf), or a lens from a preset / YAML / Stage I checkpoint, quantisation-aware with --quantize_levels."""
+    (--psf), or a lens from a preset / YAML / Stage I checkpoint; with --quantize_levels N it trains through the
+    fabricated element's forward model (``optics.quantize.build_lens`` gives a FabricatedLens)."""
     from optics.camera import Camera
     from optics.quantize import FabricatedLens, QuantizedLens, default_quantize_range
 
     camera = build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
                           quantize_levels=args.quantize_levels, trainable=True)
     lens = camera.lens
-    if isinstance(lens, QuantizedLens) and not isinstance(lens, FabricatedLens):
-        # train through the fabricated element's forward model (optics.quantize.FabricatedLens), with the
-        # quantiser's range recorded in the lens config: fabricate's export then writes the same levels
+    if type(lens) is QuantizedLens:
+        # a checkpoint trained with the older pupil-sample quantiser keeps its levels and range, now through the
+        # fabricated element's forward model
         config = lens.config
         if config.height_range is None:
             config = config.replace(height_range=list(default_quantize_range(config)))
         fixed = FabricatedLens(config, lens.levels, lens.h_range)
         fixed.load_state_dict(lens.state_dict())
-        fixed.requires_grad_(True)
-        camera = Camera(fixed, noise=True)
+        camera = Camera(fixed.requires_grad_(True), noise=True)
     return camera
 
 
