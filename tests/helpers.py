@@ -140,3 +140,15 @@ def template_points(size: int, batch: int = 1) -> torch.Tensor:
     from anonymizer.stage2.warp import FACE_TEMPLATE
 
     return torch.tensor(FACE_TEMPLATE * size, dtype=torch.float32)[None].repeat(batch, 1, 1)
+
+
+def write_headshots(out: Path, size: int, count: int = 8) -> Path:
+    """The first ``count`` embedded headshots written to ``out`` as ``size`` px PNGs (real faces for small runs)."""
+    from data.datasets import load_image
+    from data.embedded import image_dir
+    from data.files import save_image
+
+    photos = sorted(p for p in image_dir().iterdir() if p.suffix.lower() in (".png", ".jpg"))[:count]
+    for p in photos:
+        save_image(out / f"{p.stem}.png", load_image(p, size).permute(1, 2, 0).numpy())
+    return out

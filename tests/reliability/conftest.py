@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import main
+from tests.helpers import write_headshots
 
 REPO = Path(__file__).resolve().parents[2]
 FACE_SIZE = 64
@@ -76,15 +77,7 @@ def tiny_lens(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def face_dir(tmp_path_factory) -> Path:
     """Eight real headshots (the embedded photos) as 64 px PNGs."""
-    from data.datasets import load_image
-    from data.embedded import image_dir
-    from data.files import save_image
-
-    out = tmp_path_factory.mktemp("faces")
-    photos = sorted(p for p in image_dir().iterdir() if p.suffix.lower() in (".png", ".jpg"))[:8]
-    for p in photos:
-        save_image(out / f"{p.stem}.png", load_image(p, FACE_SIZE).permute(1, 2, 0).numpy())
-    return out
+    return write_headshots(tmp_path_factory.mktemp("faces"), FACE_SIZE)
 
 
 @pytest.fixture

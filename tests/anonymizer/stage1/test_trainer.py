@@ -17,6 +17,7 @@ from optics.quantize import QuantizedLens
 from anonymizer.stage1.teacher import LandmarkTeacher
 from optics.camera import Camera
 from optics.lens import Lens, load_lens_config
+from tests.helpers import write_headshots
 
 SIZE = 64
 SMALL_REGRESSOR = {"base": 8, "depth": 2}
@@ -25,14 +26,9 @@ SMALL_REGRESSOR = {"base": 8, "depth": 2}
 @pytest.fixture(scope="module")
 def face_dir(tmp_path_factory) -> Path:
     """Eight real headshots (centre crops at 64 px), one corrupt PNG and one text file."""
-    from data.datasets import load_image
-    from data.embedded import image_dir
-    from data.files import save_bytes, save_image
+    from data.files import save_bytes
 
-    out = tmp_path_factory.mktemp("faces")
-    photos = sorted(p for p in image_dir().iterdir() if p.suffix.lower() in (".png", ".jpg"))[:8]
-    for p in photos:
-        save_image(out / f"{p.stem}.png", load_image(p, SIZE).permute(1, 2, 0).numpy())
+    out = write_headshots(tmp_path_factory.mktemp("faces"), SIZE)
     save_bytes(out / "broken.png", b"\x89PNG\r\n\x1a\n this is not a png")
     save_bytes(out / "notes.txt", b"not an image")
     return out
