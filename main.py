@@ -106,6 +106,9 @@ def _add_stage1(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda_psf", type=float, default=0.1, help="weight of the PSF regularisers")
     g.add_argument("--optics_lr", type=float, default=1e-3, help="learning rate of the lens parameters")
     g.add_argument("--regressor_lr", type=float, default=1e-3, help="learning rate of the heatmap regressor")
+    g.add_argument("--regressor", default="heatmap", choices=["heatmap", "linear"],
+                   help="Stage I landmark regressor: the CNN heatmap U-Net, or the closed-form linear shape "
+                        "regressor (anonymizer/stage1/shape.py; needs --heatmap_mode landmarks)")
     g.add_argument("--freeze_lens", action="store_true", help="train the regressor only")
     g.add_argument("--quantize_levels", type=int, default=None,
                    help="fabrication-aware training: straight-through quantised height map with N levels "
@@ -259,6 +262,9 @@ def _add_video(parser: argparse.ArgumentParser) -> None:
                    help="video: blur box-kernel side [px] / pixelate blocks per box side (default 30)")
     g.add_argument("--input_is_capture", action="store_true",
                    help="video: frames come from the prototype camera (skip the simulated camera)")
+    g.add_argument("--no_harmonize", action="store_true",
+                   help="video anonymizer: keep the generated face's own colour (no low-frequency match to the "
+                        "frame at the mask's edge; the seam then moves with the head)")
     g.add_argument("--attack_epsilon", type=float, default=8.0,
                    help="video blur-attack: L-inf bound of the perturbation [8-bit grey levels]")
     g.add_argument("--attack_steps", type=int, default=20, help="video blur-attack: MI-FGSM iterations")

@@ -36,7 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from data.files import save_figure, save_json, save_text  # noqa: E402
 from data.images import list_images, read_image  # noqa: E402
 
-METHODS = [("anonymizer", None), ("capture", None), ("blur", 30), ("pixelate", 30), ("blur-attack", 30)]
+METHODS = [("anonymizer", None), ("capture", None), ("reference-warp", None), ("blur", 30), ("pixelate", 30),
+           ("blur-attack", 30)]
 COLUMNS = ["detection_rate", "iou", "landmarks_px", "pose_error_deg", "diffscore", "dlib_detection_rate",
            "reid_same_person_rate", "reid_rank1", "flicker_ratio", "flicker_ratio_texture"]
 
@@ -59,7 +60,7 @@ def args_for(inp: Path, out: Path | None, method: str, level: int | None, batch:
     return argparse.Namespace(input=str(inp), output=str(out) if out else None, json=json_path, method=method,
                               level=level, ref_dir=None, checkpoint_dir=None, input_is_capture=False,
                               batch_size=batch, device="cpu", seed=777, no_noise=False, psf=None,
-                              attack_epsilon=8.0, attack_steps=20)
+                              attack_epsilon=8.0, attack_steps=20, no_harmonize=False)
 
 
 def speed(tmp: Path, face: np.ndarray, frames: int) -> dict:

@@ -163,27 +163,58 @@ def track_faces(detections: Sequence[Sequence[Face]], iou_threshold: float = 0.3
     return result
 
 
-def smooth_tracks(tracks: Sequence[Sequence[TrackedFace]], radius: int = 2) -> list[list[TrackedFace]]:
-    """Centred moving average of each track's box and landmarks over +-``radius`` frames (within the track).
+def smooth_tracks(tracks: Sequence[Sequence[TrackedFace]], method: str = "kalman", radius: int = 2,
+                  meas_std: float | None = None, accel_std: float | None = None) -> list[list[TrackedFace]]:
+    """Temporally smoothed box and landmarks of each track, for the de-identification pass.
 
-    Used for the de-identification pass only (the alignment then follows the head, not the detector's
-    frame-to-frame jitter); attributes are always measured on unsmoothed detections.
+    The alignment then follows the head, not the detector's frame-to-frame jitter; attributes are always
+    measured on unsmoothed detections.
+
+    Args:
+        tracks: per frame, its tracked faces (:func:`track_faces`).
+        method: ``"kalman"`` = constant-velocity Kalman + RTS smoother per track (:mod:`video.smoothing`;
+            gap-filled faces are predictions, not measurements); ``"mean"`` = centred moving average over
+            +-``radius`` frames within the track (one-sided at the track's ends).
+        radius: window half-width of ``"mean"`` [frames].
+        meas_std, accel_std: noise levels of ``"kalman"`` as fractions of the face width (None: the defaults
+            :data:`video.smoothing.MEAS_STD` / :data:`video.smoothing.ACCEL_STD`).
+
+    Returns:
+        per frame, the smoothed faces sorted by ``track_id`` (same faces, same order of frames).
     """
+    from video import smoothing
+
+    if method not in ("kalman", "mean"):
+        raise ValueError(f"unknown smoothing method {method!r} (choose kalman or mean)")
     if radius < 0:
         raise ValueError(f"radius must be >= 0, got {radius}")
+    ms = smoothing.MEAS_STD if meas_std is None else meas_std
+    acc = smoothing.ACCEL_STD if accel_std is None else accel_std
     by_track: dict[int, list[tuple[int, TrackedFace]]] = {}
     for t, faces in enumerate(tracks):
         for f in faces:
             by_track.setdefault(f.track_id, []).append((t, f))
     result: list[list[TrackedFace]] = [[] for _ in tracks]
     for seq in by_track.values():
-        boxes = np.stack([f.box for _, f in seq])
-        lms = np.stack([f.landmarks for _, f in seq])
         frames_of = np.array([t for t, _ in seq])
-        for k, (t, f) in enumerate(seq):
-            near = np.abs(frames_of - t) <= radius
-            result[t].append(TrackedFace(boxes[near].mean(0), f.score, lms[near].mean(0), track_id=f.track_id,
-                                         interpolated=f.interpolated))
+        # contiguous runs (a track is contiguous unless a caller built it otherwise): smooth each run alone
+        for run in np.split(np.arange(len(seq)), np.flatnonzero(np.diff(frames_of) != 1) + 1):
+            part = [seq[k] for k in run]
+            boxes = np.stack([f.box for _, f in part])
+            lms = np.stack([f.landmarks for _, f in part])
+            if method == "kalman":
+                observed = np.array([not f.interpolated for _, f in part])
+                if not observed.any():
+                    observed[:] = True
+                boxes, lms = smoothing.smooth_face_track(boxes, lms, observed, ms, acc)
+            else:
+                idx = np.arange(len(part))
+                near = np.abs(idx[:, None] - idx[None]) <= radius
+                w = near / near.sum(1, keepdims=True)
+                boxes, lms = w @ boxes, np.einsum("ij,jkl->ikl", w, lms)
+            for k, (t, f) in enumerate(part):
+                result[t].append(TrackedFace(boxes[k], f.score, lms[k], track_id=f.track_id,
+                                             interpolated=f.interpolated))
     for frame in result:
         frame.sort(key=lambda f: f.track_id)
     return result

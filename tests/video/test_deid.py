@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from data.align import align_face, alignment_transform
-from video.deid import (Deidentifier, blur_box, crop_aligned, face_mask, paste_aligned, pixelate_box)
+from video.deid import (Deidentifier, blur_box, crop_aligned, face_mask, harmonize, paste_aligned,
+                        pixelate_box)
 from video.frames import frames_to_tensor
 
 
@@ -139,3 +140,31 @@ def test_input_is_capture_skips_the_simulated_camera(moving_face, shipped_model)
     err_same = np.abs(same[0].astype(float) - frames[0]).mean()
     err_blur = np.abs(blurred[0].astype(float) - frames[0]).mean()
     assert err_same < 0.5 and err_blur > 4 * err_same
+
+
+def _checker(size: int) -> torch.Tensor:
+    yy, xx = torch.meshgrid(torch.arange(size), torch.arange(size), indexing="ij")
+    return 0.05 * ((xx + yy) % 2 * 2 - 1).float()
+
+
+def test_harmonize_moves_only_the_low_frequencies_to_the_frame():
+    mask, checker = face_mask(64), _checker(64)
+    face = (0.8 + checker).expand(2, 3, 64, 64).clone()
+    # a uniform frame: the offset is the same everywhere, so the face's fine detail comes through untouched
+    out = harmonize(face, torch.full_like(face, 0.3), mask)
+    torch.testing.assert_close(out, (0.3 + checker).expand_as(out), atol=1e-3, rtol=0)
+
+
+def test_harmonize_removes_most_of_the_seam_in_the_feathered_band():
+    mask, checker = face_mask(64), _checker(64)
+    face = (0.8 + checker).expand(1, 3, 64, 64).clone()
+    xx = torch.arange(64)[None, None, None, :].expand(1, 3, 64, 64)
+    frame = torch.where(xx < 32, 0.2, 0.6).float()  # darker left of the face than right
+    out = harmonize(face, frame, mask)
+    band = ((mask > 0.05) & (mask < 0.95)).expand_as(out)
+    before = (face - frame).abs()[band].mean()
+    after = (out - frame).abs()[band].mean()
+    assert after <= 0.25 * before, (float(before), float(after))
+    assert out[..., 20:44, 8:24].mean() < out[..., 20:44, 40:56].mean()  # follows the two sides
+    with pytest.raises(ValueError, match="differ"):
+        harmonize(face, frame[..., :32], mask)

@@ -8,7 +8,7 @@ import numpy as np
 from data.align import apply_transform
 from metrics.geometry import box_iou
 from tests.video.conftest import NUM_FRAMES
-from video.tracking import Face, smooth_tracks, track_faces
+from video.tracking import Face, track_faces
 
 LM5_FRAME_PX = 4.0
 """Tolerance of the per-frame mean 5-point error [px] (the face's inter-ocular distance is ~36 px here)."""
@@ -60,11 +60,3 @@ def test_long_miss_starts_a_new_track_and_faces_far_apart_are_two_tracks(moving_
     two = [d + [Face(d[0].box + 1000.0, 0.99, d[0].landmarks + 1000.0)] for d in moving_face.detections]
     tracks = track_faces(two)
     assert all([f.track_id for f in t] == [0, 1] for t in tracks)
-
-
-def test_smoothing_averages_within_the_track():
-    faces = [[Face(np.array([t, 0.0, t + 10.0, 10.0]), 1.0, np.full((5, 2), float(t)))] for t in range(NUM_FRAMES)]
-    sm = smooth_tracks(track_faces(faces, iou_threshold=0.5), radius=2)
-    # a linear path is unchanged by a centred average, except near the ends (one-sided windows)
-    np.testing.assert_allclose(sm[10][0].box, [10, 0, 20, 10])
-    np.testing.assert_allclose(sm[0][0].landmarks, 1.0)
