@@ -48,6 +48,8 @@ MASK_FEATHER = 0.18
 """Width of the mask's soft edge as a fraction of the ellipse radius (smoothstep from 1 to 0)."""
 HARMONIZE_SIGMA = 0.125
 """Gaussian width of :func:`harmonize`'s colour-offset field as a fraction of the crop side (16 px at 128 px)."""
+HARMONIZE_DOWN = 4
+"""The offset field is computed on a grid this many times coarser and upsampled (bilinear): 16x fewer pixels."""
 _HARMONIZE_EPS = 1e-2
 """Regulariser of the normalised convolution: far from the edge the offset tends to the edge's mean offset."""
 
@@ -83,20 +85,28 @@ def harmonize(faces: torch.Tensor, crops: torch.Tensor, mask: torch.Tensor,
     Returns:
         (K, 3, S, S) in [0, 1].
     """
+    import torch.nn.functional as F
     from kornia.filters import gaussian_blur2d
 
     if faces.shape != crops.shape:
         raise ValueError(f"harmonize: faces {tuple(faces.shape)} and crops {tuple(crops.shape)} differ")
     if len(faces) == 0:
         return faces
-    s = sigma * faces.shape[-1]
+    size = faces.shape[-1]
+    # the offset field is smooth (sigma >> 1 px): compute it on a grid HARMONIZE_DOWN times coarser
+    down = HARMONIZE_DOWN if size % HARMONIZE_DOWN == 0 and sigma * size / HARMONIZE_DOWN >= 1 else 1
+    s = sigma * size / down
     k = 2 * int(round(3 * s)) + 1
     w = (4 * mask * (1 - mask)).to(faces).expand(len(faces), 1, -1, -1)
     diff = (crops - faces) * w
     mean = diff.sum((2, 3), keepdim=True) / w.sum((2, 3), keepdim=True).clamp_min(1e-6)
+    if down > 1:
+        diff, w = F.avg_pool2d(diff, down), F.avg_pool2d(w, down)
     num = gaussian_blur2d(diff, (k, k), (s, s), border_type="replicate")
     den = gaussian_blur2d(w, (k, k), (s, s), border_type="replicate")
     offset = (num + _HARMONIZE_EPS * mean) / (den + _HARMONIZE_EPS)
+    if down > 1:
+        offset = F.interpolate(offset, size=(size, size), mode="bilinear", align_corners=False)
     return (faces + offset).clamp(0, 1)
 
 
@@ -229,6 +239,7 @@ class Deidentifier:
         self._camera = nn.Identity() if input_is_capture or model is None else model.camera
         self.attack = attack
         self.harmonize = bool(harmonize)
+        self._ref_points: dict[int, torch.Tensor] = {}
         self.last_attack_stats: list[dict] = []
 
     def reference_index(self, track_id: int) -> int:
@@ -278,12 +289,27 @@ class Deidentifier:
         m = self.model
         if self.method == "capture":
             return self._camera(crops).clamp(0, 1)
-        refs = m.refs[[self.reference_index(t) for t in track_ids]].to(self.device)
+        which = [self.reference_index(t) for t in track_ids]
+        refs = m.refs[which].to(self.device)
+        points = self._reference_points(which)
         if self.method == "reference-warp":
             from video.reference_warp import reference_warp
 
-            return reference_warp(self._camera(crops), m.regressor, refs)
+            return reference_warp(self._camera(crops), m.regressor, refs, ref_points=points)
         from anonymizer.stage2.sampling import anonymize
 
         return anonymize(m.nets, self._camera, m.regressor, crops, refs, paired=True,
-                         batch_size=len(crops)).outputs
+                         batch_size=len(crops), ref_points=points).outputs
+
+    def _reference_points(self, which: list[int]) -> torch.Tensor | None:
+        """(K, 68, 2) dlib landmarks [px] of the references ``which``, found once per reference and cached
+        (dlib's predictor would otherwise be loaded and run on every batch)."""
+        if self.method == "anonymizer" and not getattr(self.model.nets.generator, "reference_input", False):
+            return None
+        missing = sorted(set(which) - set(self._ref_points))
+        if missing:
+            from anonymizer.stage2.sampling import reference_landmarks
+
+            for i, pts in zip(missing, reference_landmarks(self.model.refs[missing])):
+                self._ref_points[i] = pts
+        return torch.stack([self._ref_points[i] for i in which]).to(self.device, torch.float32)

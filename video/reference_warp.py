@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 ENTRY_POINTS = (("anonymizer.stage2.sampling", "reference_warp"), ("anonymizer.stage2.warp", "reference_warp"))
-"""(module, function) looked up in order; signature ``(capture, regressor, refs) -> faces``."""
+"""(module, function) looked up in order; signature ``(capture, regressor, refs, ref_points=None) -> faces``."""
 
 
 def _entry():
@@ -42,10 +42,15 @@ def available() -> bool:
     return _entry() is not None
 
 
-def reference_warp(capture: torch.Tensor, regressor: nn.Module, refs: torch.Tensor) -> torch.Tensor:
-    """(K, 3, S, S) captures + (K, 3, S, S) references -> (K, 3, S, S) faces in [0, 1] (the baseline)."""
+def reference_warp(capture: torch.Tensor, regressor: nn.Module, refs: torch.Tensor,
+                   ref_points: torch.Tensor | None = None) -> torch.Tensor:
+    """(K, 3, S, S) captures + (K, 3, S, S) references -> (K, 3, S, S) faces in [0, 1] (the baseline).
+
+    ``ref_points``: optional (K, 68, 2) landmarks of the references [px] (found by the baseline when None)."""
     fn = _entry()
     if fn is None:
         raise RuntimeError("reference-warp is not available yet: no baseline entry point in this checkout "
                            f"({', '.join(f'{m}.{n}' for m, n in ENTRY_POINTS)})")
-    return fn(capture, regressor, refs).clamp(0, 1)
+    if ref_points is None:
+        return fn(capture, regressor, refs).clamp(0, 1)
+    return fn(capture, regressor, refs, ref_points=ref_points).clamp(0, 1)
