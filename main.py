@@ -106,6 +106,9 @@ def _add_stage1(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda_psf", type=float, default=0.1, help="weight of the PSF regularisers")
     g.add_argument("--optics_lr", type=float, default=1e-3, help="learning rate of the lens parameters")
     g.add_argument("--regressor_lr", type=float, default=1e-3, help="learning rate of the heatmap regressor")
+    g.add_argument("--regressor", default="heatmap", choices=["heatmap", "linear"],
+                   help="Stage I landmark regressor: the CNN heatmap U-Net, or the closed-form linear shape "
+                        "regressor (anonymizer/stage1/shape.py; needs --heatmap_mode landmarks)")
     g.add_argument("--freeze_lens", action="store_true", help="train the regressor only")
     g.add_argument("--quantize_levels", type=int, default=None,
                    help="fabrication-aware training: straight-through quantised height map with N levels "

@@ -59,7 +59,7 @@ from optics.sensor import Sensor  # noqa: E402
 log = logging.getLogger("privacy_frontier")
 
 DEFAULT_CAMERAS = ("lowres8,lowres12,lowres16,blur2,blur4,blur8,pixelate4,pixelate8,pixelate16,face-deid,"
-                   "freqband,adv")
+                   "freqband,adv,stop60,stop80,stop110,stopadv80x2")
 REFERENCE_SIZE = 128  # face-crop side [px] at which blur sigmas and pixelation blocks are given
 
 
@@ -97,6 +97,26 @@ def face_deid_lens(quantize_levels: int = 0):
     return QuantizedLens(config, quantize_levels)
 
 
+def stop_lens(radius_um: float, quantize_levels: int = 0):
+    """The privacy stop: the face-deid lens stopped down to ``radius_um`` and focused on the face (0.75 m).
+
+    An incoherent imaging system passes no spatial frequency above its cutoff D / (lambda z) (the MTF is the
+    pupil's autocorrelation, zero beyond twice the pupil radius), whatever the attacker's compute: at 50 mm and
+    a 128 px capture of 0.95 mm, a 80 um radius cuts at ~4.7 / 6.1 / 7.0 cycles per image (R / G / B). The
+    remaining band is kept (diffraction-limited), which is what the landmarks need. The Zernike phase stays
+    learnable (adversarial lenses start from here with ``stop<um>`` + ``adv``).
+    """
+    from optics.lens import Lens, load_lens_config
+    from optics.quantize import QuantizedLens, default_quantize_range
+
+    config = load_lens_config("face-deid").replace(aperture_radius=float(radius_um) * 1e-6, focus_distance=0.75,
+                                                   psf_size=512)
+    if not quantize_levels:
+        return Lens(config)
+    config = config.replace(height_range=list(default_quantize_range(config)))
+    return QuantizedLens(config, quantize_levels)
+
+
 def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Module, dict]:
     """(label, camera, Stage I overrides) of a camera spec."""
     scale = img_size / REFERENCE_SIZE
@@ -118,6 +138,14 @@ def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Modul
     if spec == "freqband":
         return ("frequency-band lens", Camera(face_deid_lens(quantize_levels), noise=True),
                 {"lambda_privacy": 1.0, "lambda_adv": 0.0})
+    if spec.startswith("stopadv"):  # stopadv<um>x<weight>: the stop with an adversarially trained phase
+        um, w = (float(v) for v in spec[len("stopadv"):].split("x"))
+        return (f"adversarial stop lens (r={um:g} um, w={w:g})", Camera(stop_lens(um, quantize_levels), noise=True),
+                {"lambda_privacy": 0.0, "lambda_adv": w})
+    if spec.startswith("stop"):
+        um = float(spec[4:])
+        return (f"privacy stop r={um:g} um (f/{50e3 / (2 * um):.0f})", Camera(stop_lens(um), noise=True),
+                {"freeze_lens": True})
     if spec.startswith("adv"):
         w = float(spec[3:])
         return (f"adversarial lens (w={w:g})", Camera(face_deid_lens(quantize_levels), noise=True),
@@ -172,12 +200,14 @@ def run_camera(spec: str, a: argparse.Namespace, train: FaceLandmarkSet, val: Fa
     label, camera, overrides = build(spec, a.img_size, a.quantize_levels)
     cfg = Stage1Config(**{**dict(img_size=a.img_size, batch_size=a.batch_size, heatmap_mode="landmarks",
                                  num_landmarks=68, lambda_privacy=0.0, optics_lr=a.optics_lr,
-                                 regressor_lr=a.regressor_lr, seed=a.seed, regressor={"base": 16, "depth": 3},
+                                 regressor_lr=a.regressor_lr, seed=a.seed,
+                                 regressor={"head": "linear"} if a.regressor == "linear" else {"base": 16, "depth": 3},
                                  adversary={"base": 16, "depth": 3}), **overrides})
     trainer = Stage1Trainer(camera, cfg, train, val)
     from tqdm import tqdm
 
-    for _ in tqdm(range(a.stage1_steps), desc=f"{label}: Stage I", leave=False):
+    steps = a.stage1_steps if (trainer.train_lens or a.regressor == "cnn") else 0  # linear + fixed: closed form
+    for _ in tqdm(range(steps), desc=f"{label}: Stage I", leave=False):
         trainer.train_step()
     utility = trainer.evaluate(val)
     with torch.no_grad():
@@ -229,8 +259,10 @@ def _save_lens(trainer: Stage1Trainer, folder: Path) -> Path:
 
 def table(result: dict) -> str:
     n, n_large = result["num_val"], result["num_val"] + result["num_train"]
-    lines = [f"Privacy / utility frontier ({n} held-out people, {result['img_size']} px, Stage I "
-             f"{result['stage1_steps']} steps, inverter {result['inverter_iters']} steps on {result['num_train']} "
+    reg = ("linear shape regressor fitted in closed form (trained lenses: " f"{result['stage1_steps']} Stage I steps)"
+           if result.get("regressor", "cnn") == "linear" else f"Stage I {result['stage1_steps']} steps")
+    lines = [f"Privacy / utility frontier ({n} held-out people, {result['img_size']} px, {reg}, "
+             f"inverter {result['inverter_iters']} steps on {result['num_train']} "
              f"attacker faces; rank-1 chance {1 / n:.3f} held-out, {1 / n_large:.4f} large gallery)", "",
              "| camera | landmark NME | rank-1 after strongest attack | (attack) | rank-5 | rank-1 large gallery | "
              "rank-5 large | rank-1 raw capture | rank-1 inverter |", "|---|---|---|---|---|---|---|---|---|"]
@@ -300,7 +332,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cameras", default=DEFAULT_CAMERAS, help="comma list (adv = one entry per --adv_weights)")
     p.add_argument("--adv_weights", default="0.5,2,8", help="privacy weights of the adversarial lenses")
     p.add_argument("--lens_checkpoints", default="", help="comma list of Stage I checkpoints to add (frozen)")
-    p.add_argument("--stage1_steps", type=int, default=600, help="Stage I steps per camera (regressor budget)")
+    p.add_argument("--stage1_steps", type=int, default=600, help="Stage I steps per trained lens (and per camera "
+                   "with --regressor cnn)")
+    p.add_argument("--regressor", default="linear", choices=["linear", "cnn"], help="Stage I landmark regressor: "
+                   "the closed-form linear shape regressor (anonymizer/stage1/shape.py) or the CNN heatmap U-Net")
     p.add_argument("--inverter_iters", type=int, default=3000, help="attacker inverter steps per camera")
     p.add_argument("--inverter_base", type=int, default=32)
     p.add_argument("--inverter_depth", type=int, default=3)
@@ -340,6 +375,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     out = Path(a.out)
     result = {"img_size": a.img_size, "stage1_steps": a.stage1_steps, "inverter_iters": a.inverter_iters,
+              "regressor": a.regressor,
               "inverter": {"base": a.inverter_base, "depth": a.inverter_depth, "loss": a.inverter_loss},
               "num_train": len(train), "num_val": len(val), "chance_rank1": 1 / len(val),
               "chance_rank1_large": 1 / (len(val) + len(train)), "seed": a.seed, "rows": rows,

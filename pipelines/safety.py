@@ -55,7 +55,7 @@ OTHER_OUTPUTS = {
     "train": ["checkpoint_dir", "sample_dir"],
 }
 
-STAGE1_ARCH = ("img_size", "heatmap_mode", "heatmap_sigma", "teacher", "quantize_levels", "freeze_lens")
+STAGE1_ARCH = ("img_size", "heatmap_mode", "heatmap_sigma", "teacher", "quantize_levels", "freeze_lens", "regressor")
 STAGE2_ARCH = ("img_size", "num_domains", "latent_dim", "hidden_dim", "style_dim", "base_dim", "max_conv_dim",
                "w_hpf")
 """Arguments that fix a run's networks: a resume with other values is refused."""

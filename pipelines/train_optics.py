@@ -2,11 +2,13 @@
 
     python main.py --mode train_optics --img_size 128 --total_iters 2000 --checkpoint_dir expr/optics \
         [--train_img_dir DIR --val_img_dir DIR] [--lens face-deid | LENS.yaml | STAGE1.ckpt] [--psf PSF.npy]
-        [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX]
+        [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX] [--regressor heatmap|linear]
         [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
         [--quantize_levels N] [--lambda_adv W --adversary_base 16 --adversary_depth 3 --adversary_lr 1e-3
          --adversary_steps 1 --inverter_loss band] [--resume_iter K] [--wandb]
 
+``--regressor linear`` (with ``--heatmap_mode landmarks``) uses the closed-form linear shape regressor
+(anonymizer/stage1/shape.py; refitted every 50 steps while the lens trains) instead of the CNN heatmap U-Net.
 ``--lambda_adv > 0`` trains the lens against an inverter adversary (anonymizer/stage1/losses.py explains the
 objective). ``--quantize_levels N`` trains through the N-level height quantiser of the fabrication export; the
 lens' height range is then fixed to +- one design wave (unless the lens file sets one), so that
@@ -87,7 +89,8 @@ def stage1_config(args: argparse.Namespace, num_landmarks: int):
                         heatmap_sigma=args.heatmap_sigma, num_landmarks=num_landmarks,
                         lambda_privacy=args.lambda_privacy, lambda_psf=args.lambda_psf, optics_lr=args.optics_lr,
                         regressor_lr=args.regressor_lr, freeze_lens=args.freeze_lens, seed=args.seed,
-                        regressor=dict(REGRESSOR), lambda_adv=args.lambda_adv,
+                        regressor=dict(REGRESSOR) if args.regressor == "heatmap" else {"head": "linear"},
+                        lambda_adv=args.lambda_adv,
                         adversary={"base": args.adversary_base, "depth": args.adversary_depth},
                         adversary_lr=args.adversary_lr, adversary_steps=args.adversary_steps,
                         adversary_loss=args.inverter_loss)
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> None:
     from anonymizer.stage1.trainer import Stage1Trainer
     from anonymizer.stage1.teacher import TEACHERS, LandmarkTeacher
 
+    if args.regressor == "linear" and args.heatmap_mode != "landmarks":
+        raise ValueError("--regressor linear predicts points: it needs --heatmap_mode landmarks")
     if args.total_iters < 1:
         raise ValueError(f"--total_iters must be >= 1, got {args.total_iters}")
     if args.lambda_adv < 0:

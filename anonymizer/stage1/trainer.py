@@ -40,6 +40,7 @@ from torch import nn
 
 from anonymizer.stage1.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
                                        num_heatmap_channels, soft_argmax)
+from anonymizer.stage1.shape import LinearShapeRegressor, build_regressor, fit_shape_regressor, similarity_augment
 from anonymizer.stage1.losses import (DEFAULT_PRIVACY_BAND, adversarial_privacy_loss, privacy_mtf_loss,
                                       psf_regularizer)
 from metrics.inverter import IDENTITY_BAND, Inverter, identity_correlation, inverter_loss
@@ -78,6 +79,14 @@ class Stage1Config:
         adversary_steps: adversary updates per Stage I step.
         adversary_loss: the adversary's loss (metrics.attacks.INVERTER_LOSSES).
         identity_band: band [cycles per face width] of the adversarial term.
+        augment: strength of the random similarity transform applied to each training face (and its teacher
+            landmarks) before the capture, 0 = off; 1 = rotation up to 10 deg, scale 0.92-1.08, shift up to 5 %
+            of the side. The embedded faces are aligned crops, so without it the regressor can score well by
+            memorising the mean shape; with it, it has to read the landmarks from the capture.
+        shape_copies, shape_refit_every: the linear shape regressor (``regressor={"head": "linear"}``,
+            stage1/shape.py) is fitted in closed form on this many (augmented, noisy) captures of every training
+            face, before the first step and, while the lens trains, again every this many steps (the lens then
+            learns through the current fit; the map is not updated by gradient).
     """
     img_size: int = 128
     batch_size: int = 8
@@ -99,6 +108,9 @@ class Stage1Config:
     adversary_steps: int = 1
     adversary_loss: str = "band"
     identity_band: tuple = IDENTITY_BAND
+    augment: float = 0.0
+    shape_copies: int = 8
+    shape_refit_every: int = 50
 
     @property
     def sigma(self) -> float:
@@ -192,7 +204,13 @@ class Stage1Trainer:
         self.teacher = teacher
         self.num_channels = num_heatmap_channels(config.num_landmarks, config.heatmap_mode)
         torch.manual_seed(config.seed)
-        self.regressor = HeatmapRegressor(3, self.num_channels, **config.regressor).to(self.device)
+        reg_kwargs = dict(config.regressor)
+        if reg_kwargs.get("head", "heatmap") == "linear":
+            if config.heatmap_mode != "landmarks":
+                raise ValueError("the linear shape regressor needs heatmap_mode 'landmarks'")
+            reg_kwargs.update(sigma=config.sigma, img_size=config.img_size)
+        self.regressor = build_regressor({"in_channels": 3, "out_channels": self.num_channels,
+                                          **reg_kwargs}).to(self.device)
         self.opt_regressor = torch.optim.Adam(self.regressor.parameters(), lr=config.regressor_lr,
                                               betas=(0.9, 0.999))
         self.train_lens = self.lens is not None and not config.freeze_lens
@@ -209,6 +227,38 @@ class Stage1Trainer:
         self.step = 0
         self.history: list[dict[str, float]] = []
         self._fixed_psf: torch.Tensor | None = None
+        self.linear_regressor = isinstance(self.regressor, LinearShapeRegressor)
+        self.shape_fit: dict | None = None  # the last closed-form fit of the linear regressor
+
+    def fit_regressor(self) -> dict:
+        """Fit the linear shape regressor in closed form on the current camera's captures (stage1/shape.py)."""
+        if not self.linear_regressor:
+            raise ValueError("only the linear shape regressor is fitted in closed form")
+        with torch.no_grad():
+            psf = self.capture_psf()
+            psf = psf.detach() if psf is not None else None
+        images, landmarks, _ = self.train_set.batch(range(len(self.train_set)))
+        gen = self._generator(self.step, salt=5)
+
+        def capture_fn(x: torch.Tensor, _call: int) -> torch.Tensor:
+            return self._capture(x.to(self.device), psf, gen)
+
+        self.regressor.eval()
+        info = fit_shape_regressor(self.regressor, capture_fn, images.to(self.device), landmarks.to(self.device),
+                                   copies=self.cfg.shape_copies, seed=self.cfg.seed + self.step)
+        info["step"] = self.step
+        self.shape_fit = info
+        log.info("linear shape regressor fitted at step %d: ridge %.0e, train NME %.4f (CV %s)", self.step,
+                 info["lambda"], info["train_nme"], {f"{k:.0e}": round(v, 4) for k, v in info["cv_nme"].items()})
+        return info
+
+    def _ensure_fitted(self) -> None:
+        if not self.linear_regressor:
+            return
+        due = self.train_lens and self.step > 0 and self.step % max(1, self.cfg.shape_refit_every) == 0 and (
+            self.shape_fit is None or self.shape_fit["step"] != self.step)
+        if self.shape_fit is None or due:
+            self.fit_regressor()
 
     # ------------------------------------------------------------------------------------------------ forward
     def capture_psf(self) -> torch.Tensor | None:
@@ -272,15 +322,20 @@ class Stage1Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step (the one numbered ``self.step``); returns its scalar losses."""
+        self._ensure_fitted()
         self.regressor.train()
         idx = batch_indices(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
         images, landmarks, found = (t.to(self.device) for t in self.train_set.batch(idx))
+        if self.cfg.augment > 0:
+            images, landmarks = similarity_augment(images, landmarks, self.cfg.augment,
+                                                   self._generator(self.step, salt=3))
         total, scalars, extras = self.losses(images, landmarks, found, self._generator(self.step))
         self.opt_regressor.zero_grad(set_to_none=True)
         if self.opt_lens is not None:
             self.opt_lens.zero_grad(set_to_none=True)
         total.backward()
-        self.opt_regressor.step()
+        if not self.linear_regressor:  # the linear map is fitted in closed form, not by gradient
+            self.opt_regressor.step()
         if self.opt_lens is not None:
             self.opt_lens.step()
             if self.step % PROJECT_EVERY == PROJECT_EVERY - 1:
@@ -312,6 +367,8 @@ class Stage1Trainer:
         Returns:
             {"heatmap", "nme" (or None), "num_images", "num_valid", "per_image_nme" (list, NaN when no face)}.
         """
+        if self.linear_regressor and self.shape_fit is None:
+            self._ensure_fitted()
         self.regressor.eval()
         psf = self.capture_psf()
         gen = self._generator(-1, salt)
@@ -389,6 +446,7 @@ class Stage1Trainer:
                        "lens": self.opt_lens.state_dict() if self.opt_lens is not None else None,
                        "adversary": self.opt_adversary.state_dict() if self.opt_adversary is not None else None},
             "rng": rng_state(),
+            "shape_fit": plain(self.shape_fit, for_json=False) if self.shape_fit is not None else None,
             "history": [dict(h) for h in self.history],
         }
 
@@ -413,6 +471,8 @@ class Stage1Trainer:
                              f"run's {self.num_channels} (--heatmap_mode / --teacher)")
         self.regressor.load_state_dict(state["regressor"])
         self.opt_regressor.load_state_dict(state["optims"]["regressor"])
+        if self.linear_regressor:
+            self.shape_fit = state.get("shape_fit") or {"step": int(state["step"])}
         if self.lens is not None and state["lens"] is not None:
             self.lens.load_state_dict(state["lens"])
             self._fixed_psf = None
@@ -459,7 +519,7 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
         optic = state["psf"].float()
     else:
         raise ValueError(f"{path}: Stage I checkpoint holds neither 'lens' nor 'psf'")
-    regressor = HeatmapRegressor(**state["regressor_config"])
+    regressor = build_regressor(state["regressor_config"])
     regressor.load_state_dict(state["regressor"])
     regressor.requires_grad_(False).eval()
     meta = {k: state.get(k) for k in ("step", "args", "lens_config", "quantize", "heatmap", "psf_binning",

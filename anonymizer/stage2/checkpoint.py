@@ -99,7 +99,7 @@ def build_camera_and_regressor(state: dict[str, Any], noise: bool = True, psf: t
                                device: str | torch.device = "cpu") -> tuple[nn.Module, nn.Module]:
     """The fixed-PSF camera and the frozen regressor of a checkpoint (``psf``: optional measured (C, h, w) PSF at
     the sensor pitch replacing the stored one, binned to the model's grid)."""
-    from anonymizer.stage1.heatmap import HeatmapRegressor
+    from anonymizer.stage1.shape import build_regressor
     from optics.camera import Camera
 
     fixed = state["psf"].float()
@@ -108,7 +108,7 @@ def build_camera_and_regressor(state: dict[str, Any], noise: bool = True, psf: t
 
         fixed = capture_psf(psf.float(), int(state["model"]["img_size"]))
     camera = Camera(fixed, noise=noise).requires_grad_(False).eval().to(device)
-    regressor = HeatmapRegressor(**state["regressor_config"])
+    regressor = build_regressor(state["regressor_config"])
     regressor.load_state_dict(state["regressor"])
     return camera, regressor.requires_grad_(False).eval().to(device)
 
