@@ -117,3 +117,33 @@ def test_depth_planes_sum_of_layer_convolutions():
 def test_shape_errors():
     with pytest.raises(ValueError, match="psf shape"):
         fft_convolve(torch.rand(1, 3, 8, 8), torch.rand(2, 3, 3))
+
+
+def test_fft_convolve_psf_window_larger_than_image_matches_conv2d_float32():
+    # the face-deid geometry in small: a dense PSF window wider than the image (every output pixel sees the whole
+    # window), float32 against float64 direct zero-padded convolution
+    g = torch.Generator().manual_seed(6)
+    image = torch.rand(4, 3, 40, 36, generator=g, dtype=torch.float64)
+    psf = torch.rand(3, 64, 64, generator=g, dtype=torch.float64)
+    psf = psf / psf.sum(dim=(-2, -1), keepdim=True)
+    ref = direct_same_convolution(image, psf)
+    out = fft_convolve(image.float(), psf.float())
+    assert float((out.double() - ref).abs().max()) < 1e-5 * float(ref.abs().max())
+
+
+def test_fft_convolve_reused_workspace_frames_give_fresh_results():
+    # the CPU workspace keeps the zero-padded frames between calls: a second image, an odd batch after an even one
+    # (its last imaginary slot must be zero again) and another image size on the same FFT grid must each equal
+    # the direct convolution
+    g = torch.Generator().manual_seed(7)
+    psf = torch.rand(3, 9, 9, generator=g, dtype=torch.float64)
+    for shape in [(4, 3, 30, 30), (4, 3, 30, 30), (3, 3, 30, 30), (4, 3, 29, 30), (1, 3, 30, 30)]:
+        image = torch.rand(*shape, generator=g, dtype=torch.float64, requires_grad=True)
+        k = psf.clone().requires_grad_(True)
+        w = torch.rand(*shape, generator=g, dtype=torch.float64)
+        out = fft_convolve(image, k)
+        ref = direct_same_convolution(image, k)
+        assert torch.allclose(out, ref, atol=1e-12)
+        ga = torch.autograd.grad((out * w).sum(), (image, k))
+        gb = torch.autograd.grad((ref * w).sum(), (image, k))
+        assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(ga, gb))

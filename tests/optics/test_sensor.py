@@ -83,3 +83,57 @@ def test_fused_noisy_capture_equals_the_op_by_op_chain(cfg, device, dtype):
     # on the device: values stay on it and in range
     out = Sensor(cfg)(x.detach().to(device))
     assert out.device.type == device.type and out.dtype == dtype and float(out.min()) >= 0 and float(out.max()) <= 1
+
+
+def test_fused_gaussian_capture_mean_and_variance_per_photon_level():
+    # the fused sensor's shot + read noise at four photon levels (no ADC, no clipping within 9 sigma): mean x and
+    # variance (x E + r^2) / E^2, E = 10000 e- at white; 2^20 pixels, so the draw takes the chunked parallel path
+    cfg = SensorConfig(photons_at_white=20000.0, qe=0.5, full_well=20000.0, read_noise=5.0, bit_depth=None)
+    levels = torch.tensor([0.01, 0.1, 0.5, 0.9])
+    x = levels.view(4, 1, 1, 1).expand(4, 1, 512, 512).contiguous()
+    out = Sensor(cfg)(x, generator=torch.Generator().manual_seed(3))
+    white = cfg.electrons_at_white
+    for i, lv in enumerate(levels.tolist()):
+        var = (lv * white + cfg.read_noise ** 2) / white ** 2
+        v = out[i].double()
+        assert float(v.mean()) == pytest.approx(lv, abs=4 * (var / v.numel()) ** 0.5)
+        assert float(v.var()) == pytest.approx(var, rel=0.015)
+
+
+def test_standard_normal_is_thread_count_independent_and_independent_across_chunks():
+    from optics.sensor import NOISE_CHUNK, standard_normal
+
+    shape = (4 * NOISE_CHUNK + 1000,)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        a = standard_normal(shape, torch.Generator().manual_seed(11))
+        torch.set_num_threads(2)
+        b = standard_normal(shape, torch.Generator().manual_seed(11))
+    finally:
+        torch.set_num_threads(before)
+    assert torch.equal(a, b)
+    assert abs(float(a.mean())) < 4 / a.numel() ** 0.5 and float(a.var()) == pytest.approx(1.0, rel=0.01)
+    chunks = a[:4 * NOISE_CHUNK].view(4, NOISE_CHUNK).double()
+    corr = torch.corrcoef(chunks)
+    assert float((corr - torch.eye(4, dtype=torch.float64)).abs().max()) < 5 / NOISE_CHUNK ** 0.5
+    assert not torch.equal(a, standard_normal(shape, torch.Generator().manual_seed(12)))
+    # small draws are torch.randn itself
+    small = standard_normal((3, 5), torch.Generator().manual_seed(4))
+    assert torch.equal(small, torch.randn(3, 5, generator=torch.Generator().manual_seed(4)))
+
+
+def test_fused_gaussian_capture_gradcheck_float64():
+    # the custom backward (one saved slope) against finite differences, the noise draw held fixed; values kept
+    # away from the clipping edges, where the derivative jumps
+    cfg = SensorConfig(photons_at_white=400.0, qe=0.5, full_well=200.0, read_noise=2.0, bit_depth=None)
+    x = (0.1 + 0.5 * torch.rand(2, 3, 5, 5, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+    x.requires_grad_(True)
+    sensor = Sensor(cfg)
+
+    def capture(v):
+        return sensor(v, generator=torch.Generator().manual_seed(8))
+
+    out = capture(x).detach()
+    assert 0 < float(out.min()) and float(out.max()) < 1
+    assert torch.autograd.gradcheck(capture, (x,))
