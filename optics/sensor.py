@@ -183,7 +183,7 @@ class _GaussianCapture(torch.autograd.Function):
             # zero where x < 0 or e outside [0, limit]: the ReLU / hardtanh backward kernels do each mask in one
             # pass, in place (bool masks from comparisons measured ~4x slower on CPU)
             tiny = torch.finfo(x.dtype).tiny  # "> -tiny" is ">= 0" (negative subnormals aside)
-            top = float(torch.nextafter(torch.tensor(limit, dtype=x.dtype), torch.tensor(math.inf, dtype=x.dtype)))
+            top = _upper_edge(limit, x.dtype)
             aten.threshold_backward.grad_input(slope, x, -tiny, grad_input=slope)
             aten.hardtanh_backward.grad_input(slope, e, -tiny, top, grad_input=slope)  # kept: -tiny < e < top
             ctx.save_for_backward(slope)
@@ -197,6 +197,32 @@ class _GaussianCapture(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (slope,) = ctx.saved_tensors
         return grad * slope, None, None, None, None, None
+
+
+def _upper_edge(limit: float, dtype: torch.dtype) -> float:
+    """The next value above ``limit`` in ``dtype``: "< edge" is "<= limit"."""
+    return float(torch.nextafter(torch.tensor(limit, dtype=dtype), torch.tensor(math.inf, dtype=dtype)))
+
+
+class _CleanCapture(torch.autograd.Function):
+    """The noise-free chain (full well, ADC with straight-through gradient) in one pass: out = q(clamp(x, 0, L)),
+    d out / d x = [0 <= x <= L], L = min(full_well, E_white) / E_white; saves only the input (no mask tensor)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, limit: float, levels: float | None) -> torch.Tensor:
+        ctx.save_for_backward(x)
+        ctx.limit = limit
+        out = x.clamp(0.0, limit)
+        if levels is not None:
+            out = out.mul_(levels).round_().div_(levels)
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (x,) = ctx.saved_tensors
+        tiny = torch.finfo(x.dtype).tiny
+        return aten.hardtanh_backward(grad, x, -tiny, _upper_edge(ctx.limit, x.dtype)), None, None
 
 
 class Sensor(nn.Module):
@@ -223,11 +249,14 @@ class Sensor(nn.Module):
             (B, C, H, W) digital values in [0, 1].
         """
         cfg = self.config
+        levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)
         if noise and not cfg.exact_poisson:
             eps = standard_normal(irradiance.shape, generator, irradiance.dtype, irradiance.device)
-            levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)
             return _GaussianCapture.apply(irradiance, eps, cfg.electrons_at_white, float(cfg.read_noise),
                                           float(cfg.full_well), levels)
+        if not noise:
+            return _CleanCapture.apply(irradiance, min(cfg.full_well, cfg.electrons_at_white) / cfg.electrons_at_white,
+                                       levels)
         e = self.electrons(irradiance)
         if noise:
             e = poisson_gaussian_noise(e, cfg.read_noise, generator, cfg.exact_poisson)

@@ -137,3 +137,18 @@ def test_fused_gaussian_capture_gradcheck_float64():
     out = capture(x).detach()
     assert 0 < float(out.min()) and float(out.max()) < 1
     assert torch.autograd.gradcheck(capture, (x,))
+
+
+@pytest.mark.parametrize("cfg", [SensorConfig(), SensorConfig(bit_depth=None, full_well=8000.0)], ids=["8bit", "fullwell"])
+def test_fused_clean_capture_equals_the_op_by_op_chain(cfg, dtype):
+    # noise=False: full well + ADC in one pass against the documented chain, values and straight-through gradients
+    g = torch.Generator().manual_seed(4)
+    x = (torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64) * 1.4 - 0.2).to(dtype).requires_grad_(True)
+    w = torch.rand(2, 3, 24, 24, generator=g, dtype=torch.float64).to(dtype)
+    y = torch.clamp(x * cfg.electrons_at_white, 0.0, cfg.full_well) / cfg.electrons_at_white
+    ref = y.clamp(0, 1) if cfg.bit_depth is None else quantize_ste(y, cfg.bit_depth)
+    fused = Sensor(cfg)(x, noise=False)
+    assert torch.allclose(fused, ref, atol=8 * torch.finfo(dtype).eps)
+    ga, = torch.autograd.grad((fused * w).sum(), x)
+    gb, = torch.autograd.grad((ref * w).sum(), x)
+    assert torch.allclose(ga, gb, atol=8 * torch.finfo(dtype).eps) and 0 < float((ga != 0).double().mean()) < 1
