@@ -131,7 +131,8 @@ def camera_cost(device: torch.device, repeats: int) -> None:
     from optics.sensor import standard_normal
 
     n = fast_size(256 + 128)  # the exact linear grid: image + PSF half-window
-    frame = torch.randn(4, 3, n, n, dtype=torch.complex64, device=device)
+    frame = torch.zeros(4, 3, n, n, dtype=torch.complex64, device=device)  # image pairs, zero-padded
+    frame[..., :256, :256] = torch.complex(image[:4], image[4:])
 
     def floor():
         """What any exact FFT camera of this batch must do: the PSF (fwd + bwd), the padded image spectrum, the
