@@ -118,7 +118,16 @@ def stop_lens(radius_um: float, quantize_levels: int = 0):
 
 
 def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Module, dict]:
-    """(label, camera, Stage I overrides) of a camera spec."""
+    """(label, camera, Stage I overrides) of a camera spec; ``<spec>@<photons>`` sets the sensor's photons per
+    pixel at white (default SensorConfig: 20000), e.g. ``stop80@32`` = the stop with the light of the face-deid
+    camera's exposure scaled by the aperture area."""
+    if "@" in spec:
+        from optics.sensor import SensorConfig
+
+        base, photons = spec.split("@")
+        label, camera, overrides = build(base, img_size, quantize_levels)
+        camera.sensor = Sensor(SensorConfig(photons_at_white=float(photons), full_well=float(photons)))
+        return f"{label}, {float(photons):g} photons at white", camera, overrides
     scale = img_size / REFERENCE_SIZE
     for kind in ("lowres", "pixelate", "blur"):
         if spec.startswith(kind):

@@ -364,11 +364,15 @@ class Stage1Trainer:
     def evaluate(self, data: FaceLandmarkSet, batch_size: int = 32, salt: int = 1) -> dict[str, Any]:
         """Heatmap loss and (per-landmark mode) NME on a set; noise from a fixed generator.
 
+        The linear shape regressor is first refitted for the current lens when its fit is older (the refit is
+        part of the state a checkpoint saved after the evaluation holds).
+
         Returns:
             {"heatmap", "nme" (or None), "num_images", "num_valid", "per_image_nme" (list, NaN when no face)}.
         """
-        if self.linear_regressor and self.shape_fit is None:
-            self._ensure_fitted()
+        if self.linear_regressor and (self.shape_fit is None or (self.train_lens
+                                                                and self.shape_fit["step"] != self.step)):
+            self.fit_regressor()  # report the NME of the current lens with its own fit, not a stale one
         self.regressor.eval()
         psf = self.capture_psf()
         gen = self._generator(-1, salt)

@@ -145,3 +145,22 @@ def test_lens_psf_follows_the_module_device_and_dtype(device, dtype):
     # float32 agrees with the float64 evaluation of the same lens to float32 precision
     tol = 1e-12 if dtype == torch.float64 else 1e-5
     assert torch.allclose(psf.detach().double().cpu(), ref, atol=tol * float(ref.max()))
+
+
+def test_incoherent_cutoff_the_privacy_stop_relies_on(airy_lens):
+    """The MTF of the in-focus lens is the diffraction-limited one, (2/pi)(acos v - v sqrt(1 - v^2)) with
+    v = f / fc, fc = 2a / (lambda z), and nothing passes above fc: the band limit the privacy-stop preset uses."""
+    cfg = airy_lens.config
+    psf = airy_lens.psf().detach()[0]
+    n = psf.shape[-1]
+    mtf = torch.fft.fft2(torch.fft.ifftshift(psf)).abs()
+    mtf = (mtf / mtf[0, 0]).numpy()
+    fc = 2 * cfg.aperture_radius * cfg.pixel_pitch / (550e-9 * cfg.sensor_distance)  # [cycles / px]
+    for v in (0.25, 0.5, 0.75):
+        k = v * fc * n
+        lo, w = int(math.floor(k)), k - math.floor(k)
+        measured = (1 - w) * mtf[0, lo] + w * mtf[0, lo + 1]  # along x, linear between bins
+        expected = 2 / math.pi * (math.acos(v) - v * math.sqrt(1 - v * v))
+        assert measured == pytest.approx(expected, abs=0.02), v
+    beyond = mtf[0, int(math.ceil(1.05 * fc * n)): n // 2]
+    assert beyond.max() < 2e-3
