@@ -105,7 +105,7 @@ class _Workspace(threading.local):
     On the CPU a fresh image-sized buffer costs a page fault per 4 KiB on first touch (a 4 x 3 x 384 x 384
     complex frame: 3.5 k faults); the frames also keep their zero border, so only the image window is rewritten.
     At most ``MAX_KEYS`` buffers are kept, least recently used dropped first (the face-deid batch uses 3 of
-    14 MB and one of 1.8 MB); clear() frees them.
+    14 MB and one of 3.5 MB); clear() frees them.
     """
 
     MAX_KEYS = 8
