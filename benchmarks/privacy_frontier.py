@@ -102,7 +102,8 @@ def stop_lens(radius_um: float, quantize_levels: int = 0):
 
     An incoherent imaging system passes no spatial frequency above its cutoff D / (lambda z) (the MTF is the
     pupil's autocorrelation, zero beyond twice the pupil radius), whatever the attacker's compute: at 50 mm and
-    a 128 px capture of 0.95 mm, a 80 um radius cuts at ~4.7 / 6.1 / 7.0 cycles per image (R / G / B). The
+    a 128 px capture of 0.95 mm, a 60 um radius cuts at 3.6 / 4.2 / 5.2 cycles per image (R / G / B), 80 um at
+    4.8 / 5.5 / 6.9. The
     remaining band is kept (diffraction-limited), which is what the landmarks need. The Zernike phase stays
     learnable (adversarial lenses start from here with ``stop<um>`` + ``adv``).
     """
@@ -268,7 +269,9 @@ def _save_lens(trainer: Stage1Trainer, folder: Path) -> Path:
 
 def table(result: dict) -> str:
     n, n_large = result["num_val"], result["num_val"] + result["num_train"]
-    reg = ("linear shape regressor fitted in closed form (trained lenses: " f"{result['stage1_steps']} Stage I steps)"
+    trained = any(not r.get("stage1", {}).get("freeze_lens") for r in result["rows"])
+    reg = ("linear shape regressor fitted in closed form" + (f" (trained lenses: {result['stage1_steps']} Stage I "
+                                                             "steps)" if trained else "")
            if result.get("regressor", "cnn") == "linear" else f"Stage I {result['stage1_steps']} steps")
     lines = [f"Privacy / utility frontier ({n} held-out people, {result['img_size']} px, {reg}, "
              f"inverter {result['inverter_iters']} steps on {result['num_train']} "
@@ -313,13 +316,17 @@ def figure(result: dict):
 
     fig, ax = plt.subplots(figsize=(8.5, 6.0))
     colours = {"low-res": "tab:blue", "blur": "tab:orange", "pixelate": "tab:green", "face-deid": "tab:gray",
-               "frequency": "tab:purple", "adversarial": "tab:red", "Stage I": "tab:red"}
+               "frequency": "tab:purple", "adversarial": "tab:red", "Stage I": "tab:red", "privacy stop": "black"}
     for r in result["rows"]:
         c = next((v for k, v in colours.items() if r["label"].startswith(k)), "black")
-        marker = "*" if r["label"].startswith(("adversarial", "Stage I")) else "o"
+        marker = "*" if r["label"].startswith(("adversarial", "Stage I")) or "stopadv" in r["label"] else "o"
         ax.scatter(r["nme"], r["rank1"], c=c, marker=marker, s=120 if marker == "*" else 50, zorder=3)
         ax.annotate(_short(r["label"]), (r["nme"], r["rank1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
     chance = 1 / result["num_val"]
+    low16 = [r["nme"] for r in result["rows"] if r["label"].startswith("low-res 16x16")]
+    if low16:
+        ax.axvline(1.25 * low16[0], color="tab:blue", ls=":", lw=0.8,
+                   label=f"1.25 x the NME of low-res 16x16 ({1.25 * low16[0]:.4f})")
     ax.axhline(chance, color="k", ls="--", lw=0.8, label=f"chance ({chance:.3f})")
     ax.axhline(chance + 0.05, color="k", ls=":", lw=0.8, label="chance + 5 points")
     if result.get("mean_shape_nme") is not None:
@@ -404,6 +411,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(run_camera(s, a, train, val, embedder, gallery))
         result["seconds"] = round(time.time() - start, 1)
         save_json(out / "privacy_frontier.json", result)  # partial results survive an interrupted run
+    result["seconds"] = round(time.time() - start, 1)
+    save_json(out / "privacy_frontier.json", result)
     text = table(result)
     save_text(out / "privacy_frontier.md", text)
     save_figure(Path(a.figure), figure(result))
