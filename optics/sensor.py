@@ -187,16 +187,18 @@ class _GaussianCapture(torch.autograd.Function):
             aten.threshold_backward.grad_input(slope, x, -tiny, grad_input=slope)
             aten.hardtanh_backward.grad_input(slope, e, -tiny, top, grad_input=slope)  # kept: -tiny < e < top
             ctx.save_for_backward(slope)
-        out = e.clamp_(0.0, limit)
-        if levels is not None:
-            out = out.mul_(levels).round_().div_(levels)
-        return out
+        return _quantize_(e.clamp_(0.0, limit), levels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad: torch.Tensor):
         (slope,) = ctx.saved_tensors
         return grad * slope, None, None, None, None, None
+
+
+def _quantize_(t: torch.Tensor, levels: float | None) -> torch.Tensor:
+    """In place: round ``t`` (white = 1) to ``levels`` ADC steps (no-op when levels is None)."""
+    return t if levels is None else t.mul_(levels).round_().div_(levels)
 
 
 def _upper_edge(limit: float, dtype: torch.dtype) -> float:
@@ -212,10 +214,7 @@ class _CleanCapture(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, limit: float, levels: float | None) -> torch.Tensor:
         ctx.save_for_backward(x)
         ctx.limit = limit
-        out = x.clamp(0.0, limit)
-        if levels is not None:
-            out = out.mul_(levels).round_().div_(levels)
-        return out
+        return _quantize_(x.clamp(0.0, limit), levels)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
