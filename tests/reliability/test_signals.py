@@ -21,9 +21,16 @@ STAGE1 = ["--img_size", "64", "--batch_size", "2", "--sample_every", "100000", "
           "--save_every", "1", "--seed", "5"]
 
 
+def _default_sigint() -> None:
+    # a shell starts background jobs (`cmd &`) with SIGINT ignored, and Python then installs no KeyboardInterrupt
+    # handler: give the child the disposition of a foreground program, which is what Ctrl-C reaches
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start(*argv) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "main.py"), *map(str, argv), "--log_level", "WARNING"],
-                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            cwd=REPO, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_default_sigint)
 
 
 def _wait_for(proc: subprocess.Popen, found, timeout: float = 120.0) -> bool:
