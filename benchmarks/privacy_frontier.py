@@ -85,16 +85,23 @@ class ResampleCamera(nn.Module):
         return self.sensor(out.clamp(0, 1), noise=True, generator=generator)
 
 
-def face_deid_lens(quantize_levels: int = 0):
-    """The face-deid preset lens (trainable), quantisation-aware with its range recorded in the config."""
-    from optics.lens import Lens, load_lens_config
+def _trainable_lens(config, quantize_levels: int = 0):
+    """A trainable lens of ``config``, quantisation-aware (pupil-sample quantiser) with its range recorded in the
+    config when ``quantize_levels`` > 0."""
+    from optics.lens import Lens
     from optics.quantize import QuantizedLens, default_quantize_range
 
-    config = load_lens_config("face-deid")
     if not quantize_levels:
         return Lens(config)
     config = config.replace(height_range=list(default_quantize_range(config)))
     return QuantizedLens(config, quantize_levels)
+
+
+def face_deid_lens(quantize_levels: int = 0):
+    """The face-deid preset lens (trainable), quantisation-aware with its range recorded in the config."""
+    from optics.lens import load_lens_config
+
+    return _trainable_lens(load_lens_config("face-deid"), quantize_levels)
 
 
 def stop_lens(radius_um: float, quantize_levels: int = 0):
@@ -107,15 +114,11 @@ def stop_lens(radius_um: float, quantize_levels: int = 0):
     remaining band is kept (diffraction-limited), which is what the landmarks need. The Zernike phase stays
     learnable (adversarial lenses start from here with ``stop<um>`` + ``adv``).
     """
-    from optics.lens import Lens, load_lens_config
-    from optics.quantize import QuantizedLens, default_quantize_range
+    from optics.lens import load_lens_config
 
     config = load_lens_config("face-deid").replace(aperture_radius=float(radius_um) * 1e-6, focus_distance=0.75,
                                                    psf_size=512)
-    if not quantize_levels:
-        return Lens(config)
-    config = config.replace(height_range=list(default_quantize_range(config)))
-    return QuantizedLens(config, quantize_levels)
+    return _trainable_lens(config, quantize_levels)
 
 
 def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Module, dict]:

@@ -131,7 +131,7 @@ def _ridge(a: torch.Tensor, b: torch.Tensor, lam: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def fit_shape_regressor(regressor: LinearShapeRegressor, capture_fn: Callable[[torch.Tensor, int], torch.Tensor],
+def fit_shape_regressor(regressor: LinearShapeRegressor, capture_fn: Callable[[torch.Tensor], torch.Tensor],
                         images: torch.Tensor, landmarks: torch.Tensor, copies: int = 8, augment: float = 1.0,
                         folds: int = 4, seed: int = 0, batch_size: int = 64,
                         grid: Sequence[float] = RIDGE_GRID) -> dict:
@@ -144,8 +144,7 @@ def fit_shape_regressor(regressor: LinearShapeRegressor, capture_fn: Callable[[t
 
     Args:
         regressor: the model to fit (modified in place).
-        capture_fn: (images (B, 3, S, S), call index) -> captures (B, 3, S, S) (e.g. the camera with a seeded
-            noise generator).
+        capture_fn: images (B, 3, S, S) -> captures (B, 3, S, S) (e.g. the camera with a seeded noise generator).
         images: (N, 3, S, S) training faces in [0, 1]. landmarks: (N, K, 2) [px], rows with a NaN are dropped.
 
     Returns:
@@ -158,16 +157,15 @@ def fit_shape_regressor(regressor: LinearShapeRegressor, capture_fn: Callable[[t
         raise ValueError(f"fitting the shape regressor needs at least 4 faces with landmarks, got {n}")
     folds = max(2, min(folds, n // 2))
     gen = torch.Generator(device=images.device).manual_seed(seed)
-    feats, targets, owner, calls = [], [], [], 0
+    feats, targets, owner = [], [], []
     for c in range(copies):
         for s in range(0, n, batch_size):
             x, lm = images[s:s + batch_size], landmarks[s:s + batch_size]
             if c > 0 and augment > 0:
                 x, lm = similarity_augment(x, lm, augment, gen)
-            feats.append(regressor.features(capture_fn(x, calls)).double())
+            feats.append(regressor.features(capture_fn(x)).double())
             targets.append(lm.flatten(1).double())
             owner.append(torch.arange(s, s + x.shape[0]))
-            calls += 1
     a_all, b_all, who = torch.cat(feats), torch.cat(targets), torch.cat(owner)
     fold_of = torch.from_numpy(np.random.default_rng(seed).permutation(n) % folds)[who]
     k = landmarks.shape[1]

@@ -29,15 +29,15 @@ Checkpoint (``checkpoint_path(dir, step, "optics")``): ``{"step", "args", "lens_
 from __future__ import annotations
 
 import logging
-import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
+from anonymizer.stage1.data import FaceLandmarkSet, batch_indices, rng_state, set_rng_state  # noqa: F401 (re-exported)
 from anonymizer.stage1.heatmap import (HeatmapRegressor, heatmap_loss, landmark_nme, landmarks_to_heatmaps,
                                        num_heatmap_channels, soft_argmax)
 from anonymizer.stage1.shape import LinearShapeRegressor, build_regressor, fit_shape_regressor, similarity_augment
@@ -117,63 +117,6 @@ class Stage1Config:
         return float(self.heatmap_sigma) if self.heatmap_sigma else max(1.0, self.img_size / 64.0)
 
 
-class FaceLandmarkSet:
-    """Images with their teacher landmarks, indexable by position.
-
-    Args:
-        dataset: items ``(image (3, S, S) in [0, 1], label, path)`` (e.g. data.datasets.SourceDataset).
-        landmarks: (N, K, 2) float32 [px] in the S x S frame, NaN where the teacher found no face.
-        found: (N,) bool.
-    """
-
-    def __init__(self, dataset: Any, landmarks: np.ndarray, found: np.ndarray):
-        if len(dataset) != len(landmarks) or len(found) != len(landmarks):
-            raise ValueError(f"{len(dataset)} images but {len(landmarks)} landmark rows / {len(found)} flags")
-        self.dataset = dataset
-        self.landmarks = torch.as_tensor(np.asarray(landmarks, dtype=np.float32))
-        self.found = torch.as_tensor(np.asarray(found, dtype=bool))
-
-    def __len__(self) -> int:
-        return len(self.dataset)
-
-    def batch(self, indices: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(images (B, 3, S, S) in [0, 1], landmarks (B, K, 2) [px], found (B,) bool)."""
-        idx = [int(i) for i in indices]
-        images = torch.stack([self.dataset[i][0] for i in idx])
-        return images, self.landmarks[idx], self.found[idx]
-
-
-def batch_indices(step: int, batch_size: int, num_items: int, seed: int) -> list[int]:
-    """Indices of the images of (0-based) ``step``: a function of (seed, step) only.
-
-    Epoch e visits a permutation drawn from ``default_rng([seed, e])``; batches run across epoch boundaries.
-    """
-    if num_items < 1:
-        raise ValueError("no training images")
-    out = []
-    for pos in range(step * batch_size, (step + 1) * batch_size):
-        epoch, k = divmod(pos, num_items)
-        out.append(int(np.random.default_rng([seed, epoch]).permutation(num_items)[k]))
-    return out
-
-
-def rng_state() -> dict[str, Any]:
-    """Global RNG states as checkpoint-safe values (tensors, lists, ints)."""
-    np_state = np.random.get_state()
-    return {"torch": torch.get_rng_state(), "numpy": {"keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                                                       "pos": int(np_state[2]), "gauss": [int(np_state[3]),
-                                                                                          float(np_state[4])]},
-            "python": [list(x) if isinstance(x, tuple) else x for x in random.getstate()]}
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["gauss"][0], n["gauss"][1]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-
-
 class Stage1Trainer:
     """Joint training of a camera (learnable Lens, fixed Lens or fixed PSF) and a HeatmapRegressor.
 
@@ -236,11 +179,10 @@ class Stage1Trainer:
             raise ValueError("only the linear shape regressor is fitted in closed form")
         with torch.no_grad():
             psf = self.capture_psf()
-            psf = psf.detach() if psf is not None else None
         images, landmarks, _ = self.train_set.batch(range(len(self.train_set)))
         gen = self._generator(self.step, salt=5)
 
-        def capture_fn(x: torch.Tensor, _call: int) -> torch.Tensor:
+        def capture_fn(x: torch.Tensor) -> torch.Tensor:
             return self._capture(x.to(self.device), psf, gen)
 
         self.regressor.eval()
@@ -252,12 +194,13 @@ class Stage1Trainer:
                  info["lambda"], info["train_nme"], {f"{k:.0e}": round(v, 4) for k, v in info["cv_nme"].items()})
         return info
 
-    def _ensure_fitted(self) -> None:
+    def _refit_if_stale(self, every: int) -> None:
+        """Fit the linear regressor if it never was, or, while the lens trains, if its fit is older than this step
+        and the step is a multiple of ``every``."""
         if not self.linear_regressor:
             return
-        due = self.train_lens and self.step > 0 and self.step % max(1, self.cfg.shape_refit_every) == 0 and (
-            self.shape_fit is None or self.shape_fit["step"] != self.step)
-        if self.shape_fit is None or due:
+        if self.shape_fit is None or (self.train_lens and self.shape_fit["step"] != self.step
+                                      and self.step % every == 0):
             self.fit_regressor()
 
     # ------------------------------------------------------------------------------------------------ forward
@@ -322,7 +265,7 @@ class Stage1Trainer:
 
     def train_step(self) -> dict[str, float]:
         """One optimisation step (the one numbered ``self.step``); returns its scalar losses."""
-        self._ensure_fitted()
+        self._refit_if_stale(max(1, self.cfg.shape_refit_every))
         self.regressor.train()
         idx = batch_indices(self.step, self.cfg.batch_size, len(self.train_set), self.cfg.seed)
         images, landmarks, found = (t.to(self.device) for t in self.train_set.batch(idx))
@@ -370,9 +313,7 @@ class Stage1Trainer:
         Returns:
             {"heatmap", "nme" (or None), "num_images", "num_valid", "per_image_nme" (list, NaN when no face)}.
         """
-        if self.linear_regressor and (self.shape_fit is None or (self.train_lens
-                                                                and self.shape_fit["step"] != self.step)):
-            self.fit_regressor()  # report the NME of the current lens with its own fit, not a stale one
+        self._refit_if_stale(1)  # report the NME of the current lens with its own fit, not a stale one
         self.regressor.eval()
         psf = self.capture_psf()
         gen = self._generator(-1, salt)
