@@ -122,6 +122,9 @@ def _add_privacy(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lambda_adv", type=float, default=0.0,
                    help="train_optics: weight of the adversarial privacy term (identity-band correlation an "
                         "inverter adversary trained alongside restores; 0 = no adversary)")
+    g.add_argument("--lambda_wiener", type=float, default=0.0,
+                   help="train_optics: weight of the identity-band correlation that Wiener deconvolution with "
+                        "the true PSF restores (the harness's Wiener attack, differentiable; 0 = off)")
     g.add_argument("--adversary_base", type=int, default=16, help="train_optics: adversary U-Net base width")
     g.add_argument("--adversary_depth", type=int, default=3, help="train_optics: adversary U-Net levels")
     g.add_argument("--adversary_lr", type=float, default=1e-3, help="train_optics: adversary learning rate")
@@ -262,6 +265,12 @@ def _add_video(parser: argparse.ArgumentParser) -> None:
                    help="video: blur box-kernel side [px] / pixelate blocks per box side (default 30)")
     g.add_argument("--input_is_capture", action="store_true",
                    help="video: frames come from the prototype camera (skip the simulated camera)")
+    g.add_argument("--ref_pick", default="first", choices=["first", "distinctive"],
+                   help="video anonymizer / reference-warp: the reference pool, the first --num_refs images of "
+                        "--ref_dir by name, or the --num_refs of the first 64 least like the others in dlib's "
+                        "embedding (new faces that rarely match anyone; embeds the 64 once)")
+    g.add_argument("--num_refs", type=int, default=None,
+                   help="video: size of the reference pool (default 64 for first, 16 for distinctive)")
     g.add_argument("--no_harmonize", action="store_true",
                    help="video anonymizer: keep the generated face's own colour (no low-frequency match to the "
                         "frame at the mask's edge; the seam then moves with the head)")

@@ -2,7 +2,12 @@
 network), the low-resolution baseline and optionally an older anonymizer checkpoint.
 
 Protocol: N held-out sources (embedded validation set, spread evenly) x R references (other validation people,
-public faces); every source with every reference. For each method (outputs at the model's size):
+public faces); every source with every reference. References (``--ref_pick``): ``spread`` = validation people
+spread evenly over the set; ``distinctive`` = the R validation people (not among the sources) least like the
+TRAINING faces in dlib's embedding (metrics.reference_transfer.distinctive_references; the sources are never
+looked at). The ``real reference`` row scores the reference faces themselves as outputs: the ceiling of
+perfect reference transfer (on this homogeneous set, different real people are within dlib's 0.6 in ~12 % of
+pairs). For each method (outputs at the model's size):
 
 * reference dependence (pixels), reference-transfer accuracy (dlib embedding nearest to its own reference,
   chance 1/R), diversity, dlib distance to the source (> 0.6), rank-1 re-identification vs the clean sources
@@ -13,7 +18,8 @@ public faces); every source with every reference. For each method (outputs at th
   upwards, comparable between methods of the same run).
 
     python benchmarks/stage2_reference.py --checkpoint checkpoints/stage2_anonymizer.ckpt --out expr/stage2_ref \
-        [--old_checkpoint OLD.ckpt] [--sources 12] [--references 6]
+        [--old_checkpoint OLD.ckpt] [--sources 12] [--references 6] [--ref_pick spread|distinctive] \
+        [--shape_mix A] [--methods anonymizer,reference-warp,lowres,real reference] [--no_fid]
 
 Writes ``<out>/stage2_reference.json`` and ``.md`` and a grid per method.
 """
@@ -31,7 +37,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anonymizer.stage2.sampling import anonymize, load_anonymizer, reference_landmarks, reference_warp  # noqa: E402
+from anonymizer.stage2.sampling import (DEFAULT_SHAPE_MIX, anonymize, load_anonymizer,  # noqa: E402
+                                        reference_landmarks, reference_warp)
 from data.datasets import SourceDataset  # noqa: E402
 from data.files import save_json, save_text  # noqa: E402
 from metrics.baselines import lowres  # noqa: E402
@@ -52,9 +59,23 @@ def pick(val: SourceDataset, n_src: int, n_ref: int) -> tuple[torch.Tensor, torc
             names(src_i), names(ref_i))
 
 
-def grid_of(method: str, nets, camera, regressor, src, refs, ref_pts) -> np.ndarray:
+def distinctive_pick(val: SourceDataset, train: SourceDataset, src_names: list[str], n_ref: int, embedder
+                     ) -> tuple[torch.Tensor, list[str]]:
+    """The ``n_ref`` validation people (not among the sources) least like the TRAINING faces in dlib's embedding
+    (metrics.reference_transfer.distinctive_references): public faces only, the sources are never looked at."""
+    from metrics.reference_transfer import distinctive_references
+
+    cand = [i for i in range(len(val)) if Path(val.files[i]).stem not in set(src_names)]
+    emb = lambda ds, ii: embedder.embed([ds.load(int(i)).permute(1, 2, 0).numpy() for i in ii])  # noqa: E731
+    chosen = [cand[j] for j in distinctive_references(emb(val, cand), emb(train, range(len(train))), n_ref)]
+    return torch.stack([val.load(i) for i in chosen]), [Path(val.files[i]).stem for i in chosen]
+
+
+def grid_of(method: str, nets, camera, regressor, src, refs, ref_pts, shape_mix: float = 0.0) -> np.ndarray:
     """(N, R, S, S, 3) outputs of a method."""
     n, r = len(src), len(refs)
+    if method == "real reference":  # the ceiling of perfect reference transfer: the reference person itself
+        return np.repeat(refs.permute(0, 2, 3, 1).numpy()[None], n, axis=0)
     if method == "lowres":
         one = np.stack([lowres(x.permute(1, 2, 0).numpy(), 16) for x in src])
         return np.repeat(one[:, None], r, axis=1)
@@ -63,10 +84,10 @@ def grid_of(method: str, nets, camera, regressor, src, refs, ref_pts) -> np.ndar
         rows = []
         for j in range(r):
             rows.append(reference_warp(cap, regressor, refs[j:j + 1].expand(n, -1, -1, -1),
-                                       ref_pts[j:j + 1].expand(n, -1, -1)))
+                                       ref_pts[j:j + 1].expand(n, -1, -1), shape_mix=shape_mix))
         return torch.stack(rows, 1).permute(0, 1, 3, 4, 2).cpu().numpy()
     res = anonymize(nets, camera, regressor, src, refs, ref_points=ref_pts if nets.generator.reference_input
-                    else None, batch_size=4)
+                    else None, batch_size=4, shape_mix=shape_mix)
     return res.outputs.permute(0, 1, 3, 4, 2).cpu().numpy()
 
 
@@ -96,6 +117,15 @@ def main() -> int:
     p.add_argument("--references", type=int, default=6)
     p.add_argument("--no_fid", action="store_true")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shape_mix", type=float, default=None,
+                   help="fraction of the face shape from the reference, for the anonymizer and reference-warp "
+                        "(default: the anonymizer checkpoint's default, see anonymizer.stage2.sampling)")
+    p.add_argument("--methods", default="anonymizer,reference-warp,lowres,real reference",
+                   help="comma list among anonymizer, reference-warp, lowres, real reference (the references "
+                        "themselves: the ceiling of perfect transfer); an --old_checkpoint is added")
+    p.add_argument("--ref_pick", default="spread", choices=["spread", "distinctive"],
+                   help="references: validation people spread over the set, or the most distinctive ones against "
+                        "the training faces (metrics.reference_transfer.distinctive_references)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -107,16 +137,26 @@ def main() -> int:
     nets, camera, regressor, meta = load_anonymizer(a.checkpoint, noise=True)
     size = int(meta["model"]["img_size"])
     train_dir, val_dir = default_face_dirs(size)
-    src, refs, src_names, ref_names = pick(SourceDataset(val_dir, size), a.sources, a.references)
+    val = SourceDataset(val_dir, size)
+    src, refs, src_names, ref_names = pick(val, a.sources, a.references)
+    embedder = FaceEmbedder()
+    if a.ref_pick == "distinctive":
+        refs, ref_names = distinctive_pick(val, SourceDataset(train_dir, size), src_names, a.references, embedder)
+    log.info("sources %s; references (%s) %s", src_names, a.ref_pick, ref_names)
     ref_pts = reference_landmarks(refs)
     methods = {"anonymizer": (nets, camera, regressor), "reference-warp": (None, camera, regressor),
-               "lowres": (None, None, None)}
+               "lowres": (None, None, None), "real reference": (None, None, None)}
+    wanted = [m.strip() for m in a.methods.split(",") if m.strip()]
+    unknown = sorted(set(wanted) - set(methods))
+    if unknown:
+        raise ValueError(f"--methods: unknown {unknown}; choose among {sorted(methods)}")
+    methods = {k: v for k, v in methods.items() if k in wanted}
+    shape_mix = DEFAULT_SHAPE_MIX if a.shape_mix is None else a.shape_mix
     if a.old_checkpoint:
         old = load_anonymizer(a.old_checkpoint, noise=True)
         if int(old[3]["model"]["img_size"]) != size:
             raise ValueError(f"{a.old_checkpoint}: img_size differs from {a.checkpoint}")
         methods["old anonymizer"] = old[:3]
-    embedder = FaceEmbedder()
     cnn, mtcnn = DlibDetector("cnn", upsample=1), MTCNNDetector()
     src_np = [x.permute(1, 2, 0).numpy() for x in src]
     src_emb = embedder.embed(src_np)
@@ -135,7 +175,7 @@ def main() -> int:
         t0 = time.perf_counter()
         torch.manual_seed(a.seed)
         with torch.no_grad():
-            grid = grid_of(name, mnets, mcam, mreg, src, refs, ref_pts).clip(0, 1).astype(np.float32)
+            grid = grid_of(name, mnets, mcam, mreg, src, refs, ref_pts, shape_mix).clip(0, 1).astype(np.float32)
         n, r = grid.shape[:2]
         flat = [grid[i, j] for i in range(n) for j in range(r)]
         res = pixel_dependence(grid)
@@ -165,6 +205,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     info = {"checkpoint": a.checkpoint, "step": meta["step"], "old_checkpoint": a.old_checkpoint,
+            "shape_mix": shape_mix, "ref_pick": a.ref_pick,
             "sources": src_names, "references": ref_names, "img_size": size,
             "protocol": "embedded validation people; every source x every reference; sensor noise on; dlib CNN "
                         "(upsample 1) + 68-point predictor for detection / NME / embedding landmarks",

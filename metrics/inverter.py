@@ -114,6 +114,47 @@ INVERTER_LOSSES = ("l1", "band")
 differentiable face-recognition network is available offline, dlib's ResNet is not differentiable)."""
 
 
+def wiener_deconvolve(capture: torch.Tensor, psf: torch.Tensor, balance: float = 1e-2) -> torch.Tensor:
+    """Differentiable Wiener deconvolution with a known PSF, the same filter as the harness's Wiener attack
+    (metrics.attacks.wiener_attack: ``skimage.restoration.wiener`` with its Laplacian regulariser, the capture
+    edge-padded by half the PSF first), so that Stage I can train the lens against it.
+
+    X = conj(H) Y / (|H|^2 + balance |L|^2), H the PSF's and L the 3x3 Laplacian's transfer functions on the
+    padded grid, both centred at the origin. The estimate is not clipped (the attack clips to [0, 1]; the
+    identity-band correlation it feeds is insensitive to the offset, and clipping would stop the gradient).
+
+    Args:
+        capture: (B, C, H, W).
+        psf: (C, h, w) on the capture's pixel grid, each channel summing to 1 (differentiable).
+        balance: regularisation weight (noise-to-signal), as the attack's.
+
+    Returns:
+        (B, C, H, W) estimate, differentiable in ``capture`` and ``psf``.
+    """
+    if psf.ndim != 3 or psf.shape[0] != capture.shape[1]:
+        raise ValueError(f"wiener_deconvolve: psf {tuple(psf.shape)} must be (C, h, w) with C = "
+                         f"{capture.shape[1]} channels")
+    h, w = psf.shape[-2:]
+    # odd-sized window so that the centre (h // 2, w // 2) is the array centre (as the attack's _centred_psf)
+    psf = F.pad(psf, (0, 1 - w % 2, 0, 1 - h % 2))
+    h, w = psf.shape[-2:]
+    ph, pw = (h - 1) // 2 + 1, (w - 1) // 2 + 1
+    padded = F.pad(capture, (pw, pw, ph, ph), mode="replicate")
+    size = padded.shape[-2:]
+
+    def transfer(kernel: torch.Tensor) -> torch.Tensor:
+        kh, kw = kernel.shape[-2:]
+        grid = F.pad(kernel, (0, size[1] - kw, 0, size[0] - kh))
+        return torch.fft.rfft2(torch.roll(grid, (-(kh // 2), -(kw // 2)), (-2, -1)))
+
+    lap = torch.tensor([[0.0, -1.0, 0.0], [-1.0, 4.0, -1.0], [0.0, -1.0, 0.0]], dtype=psf.dtype,
+                       device=psf.device)
+    tf, reg = transfer(psf), transfer(lap)
+    filt = tf.conj() / (tf.abs() ** 2 + balance * reg.abs() ** 2)
+    out = torch.fft.irfft2(torch.fft.rfft2(padded) * filt, s=size)
+    return out[..., ph:ph + capture.shape[-2], pw:pw + capture.shape[-1]]
+
+
 def inverter_loss(estimate: torch.Tensor, clean: torch.Tensor, kind: str = "band",
                   band: tuple[float, float | None] = IDENTITY_BAND) -> torch.Tensor:
     """Training loss of an inverter (scalar); ``kind`` in :data:`INVERTER_LOSSES`.

@@ -15,7 +15,7 @@ import numpy as np
 
 from metrics.identity import SAME_PERSON_THRESHOLD, distances
 
-__all__ = ["pixel_dependence", "embedding_metrics"]
+__all__ = ["pixel_dependence", "embedding_metrics", "distinctive_references"]
 
 
 def _offdiag_mean(d: np.ndarray) -> float:
@@ -64,3 +64,28 @@ def embedding_metrics(out_emb: np.ndarray, ref_emb: np.ndarray, src_emb: np.ndar
             "dist_to_source_mean": float(own.mean()),
             "dist_to_source_gt_0.6": float((own > SAME_PERSON_THRESHOLD).mean()),
             "reid_rank1": rank1, "reid_chance": 1.0 / n}
+
+
+def distinctive_references(candidate_emb: np.ndarray, population_emb: np.ndarray, k: int,
+                           threshold: float = SAME_PERSON_THRESHOLD) -> np.ndarray:
+    """Indices of the ``k`` candidate references least like a public population of faces.
+
+    An anonymized face takes its identity from its reference, so a reference that dlib confuses with many people
+    (distance <= ``threshold``) gives outputs that may match the person behind the camera. Measured on the
+    embedded set (homogeneous: young male athletes), 12.5 % of pairs of DIFFERENT real people are within 0.6.
+    The score of a candidate is the fraction of the population farther than ``threshold`` (ties: the larger mean
+    distance); the source faces are never used, only public ones (e.g. the training faces).
+
+    Args:
+        candidate_emb: (N, D) dlib embeddings of the candidate references.
+        population_emb: (M, D) embeddings of the public population.
+        k: how many to return (<= N).
+
+    Returns:
+        (k,) int indices into the candidates, most distinctive first.
+    """
+    if not 1 <= k <= len(candidate_emb):
+        raise ValueError(f"distinctive_references: k must be in [1, {len(candidate_emb)}], got {k}")
+    d = np.linalg.norm(candidate_emb[:, None, :] - population_emb[None, :, :], axis=-1)
+    far, mean = (d > threshold).mean(1), d.mean(1)
+    return np.lexsort((-mean, -far))[:k]

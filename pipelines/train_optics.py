@@ -90,7 +90,7 @@ def stage1_config(args: argparse.Namespace, num_landmarks: int):
                         lambda_privacy=args.lambda_privacy, lambda_psf=args.lambda_psf, optics_lr=args.optics_lr,
                         regressor_lr=args.regressor_lr, freeze_lens=args.freeze_lens, seed=args.seed,
                         regressor=dict(REGRESSOR) if args.regressor == "heatmap" else {"head": "linear"},
-                        lambda_adv=args.lambda_adv,
+                        lambda_adv=args.lambda_adv, lambda_wiener=args.lambda_wiener,
                         adversary={"base": args.adversary_base, "depth": args.adversary_depth},
                         adversary_lr=args.adversary_lr, adversary_steps=args.adversary_steps,
                         adversary_loss=args.inverter_loss)
@@ -151,6 +151,9 @@ def run(args: argparse.Namespace) -> None:
             log.info("step %d val: heatmap=%.4f nme=%s (%d/%d images with a face)%s", step, metrics["heatmap"],
                      "n/a" if metrics["nme"] is None else f"{metrics['nme']:.4f}", metrics["num_valid"],
                      metrics["num_images"], "" if rho is None else f" adversary identity-band corr={rho:.4f}")
+            if metrics["wiener_identity_correlation"] is not None:
+                log.info("step %d val: Wiener (true PSF) identity-band corr=%.4f", step,
+                         metrics["wiener_identity_correlation"])
             if logger is not None:
                 logger(step, {"val/heatmap": metrics["heatmap"],
                               **({"val/nme": metrics["nme"]} if metrics["nme"] is not None else {})})

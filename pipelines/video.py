@@ -23,6 +23,7 @@ import logging
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -32,6 +33,9 @@ log = logging.getLogger(__name__)
 
 MAX_REFS = 64
 """References loaded from --ref_dir (the first, by file name)."""
+
+DISTINCTIVE_REFS = 16
+"""Default pool size of ``--ref_pick distinctive`` (chosen among the first :data:`MAX_REFS`)."""
 
 SMOOTHING = "kalman"
 """How a track's box and landmarks are smoothed for the de-identification pass (:func:`video.tracking.smooth_tracks`;
@@ -70,6 +74,33 @@ def load_refs(ref_dir: str | None, img_size: int, limit: int = MAX_REFS) -> tupl
     return torch.cat(refs).clamp(0, 1), folder
 
 
+def reference_pool(ref_dir: str | None, img_size: int, pick: str = "first", num: int | None = None
+                   ) -> tuple[torch.Tensor, Path]:
+    """The references one per track is drawn from: the first ``num`` of :func:`load_refs` by file name, or
+    (``pick="distinctive"``) the ``num`` of up to :data:`MAX_REFS` loaded ones least like the others in dlib's
+    embedding (:func:`metrics.reference_transfer.distinctive_references`, each scored against the whole loaded
+    set), so that the new faces rarely match a real person (benchmarks/stage2_reference.py measures both)."""
+    num = (MAX_REFS if pick == "first" else DISTINCTIVE_REFS) if num is None else int(num)
+    if num < 1:
+        raise ValueError(f"--num_refs must be >= 1, got {num}")
+    if pick not in ("first", "distinctive"):
+        raise ValueError(f"--ref_pick must be first or distinctive, got {pick!r}")
+    refs, folder = load_refs(ref_dir, img_size, MAX_REFS if pick == "distinctive" else num)
+    if pick == "distinctive" and len(refs) > num:
+        from metrics.identity import FaceEmbedder
+        from metrics.reference_transfer import distinctive_references
+
+        emb, found = FaceEmbedder().embed([r.permute(1, 2, 0).numpy() for r in refs], return_found=True)
+        if not found.any():
+            raise ValueError(f"{folder}: dlib finds no face in any reference image")
+        keep = np.flatnonzero(found)
+        chosen = keep[distinctive_references(emb[keep], emb[keep], min(num, len(keep)))]
+        log.info("reference pool: the %d most distinctive of %d references (%d without a dlib face)", len(chosen),
+                 len(refs), int((~found).sum()))
+        refs = refs[torch.from_numpy(chosen)]
+    return refs, folder
+
+
 def build_deidentifier(args: argparse.Namespace, device: torch.device):
     """The :class:`video.deid.Deidentifier` of ``--method`` (loads the Stage II model when it needs one)."""
     from video.attack import AttackConfig
@@ -83,8 +114,8 @@ def build_deidentifier(args: argparse.Namespace, device: torch.device):
         nets, camera, regressor, meta = load_anonymizer(ckpt, device=device, noise=not args.no_noise,
                                                         psf=measured_psf(args.psf))
         size = int(meta["model"]["img_size"])
-        refs, folder = load_refs(args.ref_dir, size) if args.method != "capture" else (torch.zeros(1, 3, size, size),
-                                                                                      None)
+        refs, folder = (reference_pool(args.ref_dir, size, args.ref_pick, args.num_refs) if args.method != "capture"
+                        else (torch.zeros(1, 3, size, size), None))
         log.info("Stage II model %s (%d px); %d reference(s)%s", meta["path"], size, len(refs),
                  f" from {folder}" if folder else "")
         model = Anonymizer(nets, camera, regressor, refs.to(device), size)

@@ -7,6 +7,8 @@ Objective per step (weights are explicit arguments, see :class:`Stage1Config`):
       + lambda_privacy * L_priv(PSF)                        identity-band power transmitted (stage1/losses.py)
       + lambda_adv * max(0, rho_band(A(Camera(x)), x))       adversarial privacy: identity-band correlation that
                                                             the inverter adversary A restores (stage1/losses.py)
+      + lambda_wiener * max(0, rho_band(W_PSF(Camera(x)), x)) the same for Wiener deconvolution with the true PSF
+                                                            (the harness's Wiener attack, differentiable; no training)
       + lambda_psf * (border energy + phase step)(PSF)      buildability / valid simulation (stage1/losses.py)
 
 With ``lambda_adv > 0`` the adversary A (metrics.attacks.Inverter) is trained in the same step, after the lens
@@ -43,7 +45,7 @@ from anonymizer.stage1.heatmap import (HeatmapRegressor, heatmap_loss, landmark_
 from anonymizer.stage1.shape import LinearShapeRegressor, build_regressor, fit_shape_regressor, similarity_augment
 from anonymizer.stage1.losses import (DEFAULT_PRIVACY_BAND, adversarial_privacy_loss, privacy_mtf_loss,
                                       psf_regularizer)
-from metrics.inverter import IDENTITY_BAND, Inverter, identity_correlation, inverter_loss
+from metrics.inverter import IDENTITY_BAND, Inverter, identity_correlation, inverter_loss, wiener_deconvolve
 from data.checkpoint import checkpoint_path, load_checkpoint, save_checkpoint
 from data.files import plain
 from optics.binning import capture_psf, psf_binning
@@ -74,6 +76,7 @@ class Stage1Config:
         seed: seed of the data order, the noise and the initialisation.
         regressor: HeatmapRegressor keyword arguments (besides in/out channels).
         lambda_adv: weight of the adversarial privacy term (0 = no adversary).
+        lambda_wiener: weight of the same term for Wiener deconvolution with the true PSF (0 = off).
         adversary: metrics.attacks.Inverter keyword arguments (base, depth) of the adversary.
         adversary_lr: Adam learning rate of the adversary.
         adversary_steps: adversary updates per Stage I step.
@@ -107,6 +110,7 @@ class Stage1Config:
     adversary_lr: float = 1e-3
     adversary_steps: int = 1
     adversary_loss: str = "band"
+    lambda_wiener: float = 0.0
     identity_band: tuple = IDENTITY_BAND
     augment: float = 0.0
     shape_copies: int = 8
@@ -255,6 +259,12 @@ class Stage1Trainer:
             parts["adv_privacy"] = l_adv
             if psf is not None and self.train_lens:
                 total = total + cfg.lambda_adv * l_adv
+        if cfg.lambda_wiener > 0 and psf is not None:
+            # the attacker who knows the PSF deconvolves: the lens is also charged for what Wiener restores
+            l_wiener = adversarial_privacy_loss(wiener_deconvolve(capture, psf), images, tuple(cfg.identity_band))
+            parts["adv_wiener"] = l_wiener
+            if self.train_lens:
+                total = total + cfg.lambda_wiener * l_wiener
         parts["total"] = total
         scalars = {k: float(v.detach()) for k, v in parts.items()}
         return total, scalars, {"capture": capture, "pred": pred, "target": target}
@@ -317,7 +327,7 @@ class Stage1Trainer:
         self.regressor.eval()
         psf = self.capture_psf()
         gen = self._generator(-1, salt)
-        hm, nmes, n_valid, rho = [], [], 0, []
+        hm, nmes, n_valid, rho, rho_w = [], [], 0, [], []
         for start in range(0, len(data), batch_size):
             idx = list(range(start, min(len(data), start + batch_size)))
             images, landmarks, found = (t.to(self.device) for t in data.batch(idx))
@@ -332,6 +342,9 @@ class Stage1Trainer:
                 rho += identity_correlation(self.adversary(capture.clamp(0, 1)), images,
                                             tuple(self.cfg.identity_band)).cpu().tolist()
                 self.adversary.train()
+            if psf is not None:
+                rho_w += identity_correlation(wiener_deconvolve(capture, psf), images,
+                                              tuple(self.cfg.identity_band)).cpu().tolist()
             if self.cfg.heatmap_mode == "landmarks":
                 nme = landmark_nme(soft_argmax(pred), torch.nan_to_num(landmarks))
                 nmes += [float(v) if ok else float("nan") for v, ok in zip(nme.cpu(), found.cpu())]
@@ -339,7 +352,8 @@ class Stage1Trainer:
         valid_nme = [v for v in nmes if v == v]
         return {"heatmap": sum(hm) / max(1, n_valid), "nme": float(np.mean(valid_nme)) if valid_nme else None,
                 "num_images": len(data), "num_valid": n_valid, "per_image_nme": nmes,
-                "adversary_identity_correlation": float(np.mean(rho)) if rho else None}
+                "adversary_identity_correlation": float(np.mean(rho)) if rho else None,
+                "wiener_identity_correlation": float(np.mean(rho_w)) if rho_w else None}
 
     @torch.no_grad()
     def sample_grid(self, data: FaceLandmarkSet, num: int = 4) -> np.ndarray:

@@ -23,6 +23,10 @@ from anonymizer.stage2.model import MODEL_KEYS, Nets, build_model
 
 log = logging.getLogger(__name__)
 
+DEFAULT_SHAPE_MIX = 0.0
+"""Default fraction of the face shape taken from the reference (``--shape_mix``); measured in
+benchmarks/stage2_reference.py."""
+
 __all__ = ["STAGE2_NAME", "FrozenOptics", "frozen_optics_from_checkpoint", "load_anonymizer", "anonymize",
            "AnonymizeResult", "resolve_stage2_checkpoint", "image_grid", "reference_landmarks"]
 
@@ -147,10 +151,39 @@ def _warp_inputs(refs: torch.Tensor, ref_points: torch.Tensor, points: torch.Ten
     return w.warped * keep, w.valid * keep
 
 
+def _target_geometry(regressor: nn.Module, heatmap: torch.Tensor, ref_points: torch.Tensor, shape_mix: float
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Landmarks the new face is drawn on and the heatmaps that go with them.
+
+    The capture's landmarks (soft-argmax of the regressor's heatmaps) with a fraction ``shape_mix`` of the face
+    shape taken from the reference (:func:`anonymizer.stage2.warp.blend_shape`: position, size and in-plane
+    rotation stay the source's). Face geometry alone re-identifies a source, so a partial shape transfer
+    protects more while the landmarks stay within the utility bound (measured in
+    benchmarks/stage2_reference.py). With a mix, the heatmaps are re-rendered at the mixed points (the
+    regressor's own sigma), so that the generator's heatmap input and skip masks agree with the warp.
+
+    Returns:
+        (points (B, 68, 2) [px], heatmaps (B, K, S, S)).
+    """
+    from anonymizer.stage1.heatmap import landmarks_to_heatmaps, soft_argmax
+    from anonymizer.stage2.warp import blend_shape
+
+    pts = soft_argmax(heatmap.float())
+    if shape_mix == 0.0:
+        return pts, heatmap
+    sigma = getattr(regressor, "config", {}).get("sigma")
+    if sigma is None or heatmap.shape[1] != pts.shape[1]:
+        raise ValueError("shape_mix needs a per-landmark regressor with a heatmap sigma (the linear shape "
+                         "regressor); this one has none")
+    pts = blend_shape(pts, ref_points.to(pts), shape_mix)
+    return pts, landmarks_to_heatmaps(pts, heatmap.shape[-1], float(sigma)).to(heatmap.dtype)
+
+
 @torch.no_grad()
 def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: torch.Tensor,
               refs_or_latents: torch.Tensor, domains: torch.Tensor | int | None = None, paired: bool = False,
-              batch_size: int = 16, ref_points: torch.Tensor | None = None) -> AnonymizeResult:
+              batch_size: int = 16, ref_points: torch.Tensor | None = None, shape_mix: float = 0.0
+              ) -> AnonymizeResult:
     """De-identify faces: image them through the privacy camera, then synthesise new faces.
 
     With a ``reference_input`` generator each reference is warped onto the landmarks that the regressor finds in
@@ -168,12 +201,13 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
         paired: if True, N must equal B and source i gets style i; otherwise every source gets every style.
         batch_size: sources per generator call.
         ref_points: (N, 68, 2) landmarks of the references [px] (default: :func:`reference_landmarks`).
+        shape_mix: fraction of the face shape taken from the reference (:func:`_target_geometry`); 0 keeps the
+            capture's landmarks exactly.
 
     Returns:
-        :class:`AnonymizeResult` (on the device of ``images``).
+        :class:`AnonymizeResult` (on the device of ``images``; ``heatmaps`` are the regressor's, before any
+        shape mix).
     """
-    from anonymizer.stage1.heatmap import soft_argmax
-
     device = images.device
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images: expected (B, 3, S, S), got {tuple(images.shape)}")
@@ -215,7 +249,8 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
             ridx = torch.arange(n, device=device).repeat(b)
         extra: tuple = ()
         if warp:
-            extra = _warp_inputs(refs_or_latents[ridx], ref_points[ridx], soft_argmax(hm.float()))
+            pts, hm = _target_geometry(regressor, hm, ref_points[ridx], shape_mix)
+            extra = _warp_inputs(refs_or_latents[ridx], ref_points[ridx], pts)
         out = nets_ema.generator(cap, hm, st, *extra).clamp(0, 1)
         outputs.append(out if paired else out.reshape(b, n, *out.shape[1:]))
     return AnonymizeResult(torch.cat(captures), torch.cat(heatmaps), torch.cat(outputs))
@@ -223,7 +258,8 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
 
 @torch.no_grad()
 def reference_warp(capture: torch.Tensor, regressor: nn.Module, refs: torch.Tensor,
-                   ref_points: torch.Tensor | None = None, feather_px: int = 3) -> torch.Tensor:
+                   ref_points: torch.Tensor | None = None, feather_px: int = 3, shape_mix: float = 0.0
+                   ) -> torch.Tensor:
     """The non-learned ``reference-warp`` baseline: each reference warped onto the landmarks the regressor finds
     in the capture, colour-matched (per-channel mean inside the warp mask) to the capture, and blended into
     the face region with a feathered mask; outside it the capture stays. Same inputs as the anonymizer (the
@@ -235,18 +271,18 @@ def reference_warp(capture: torch.Tensor, regressor: nn.Module, refs: torch.Tens
         refs: (B, 3, S, S) in [0, 1], paired with the captures.
         ref_points: (B, 68, 2) [px] (default: :func:`reference_landmarks`).
         feather_px: blending border [px].
+        shape_mix: fraction of the face shape taken from the reference (as :func:`anonymize`).
 
     Returns:
         (B, 3, S, S) in [0, 1].
     """
-    from anonymizer.stage1.heatmap import soft_argmax
     from anonymizer.stage2.warp import feather
 
     if refs.shape != capture.shape:
         raise ValueError(f"reference_warp: refs {tuple(refs.shape)} must match the captures {tuple(capture.shape)}")
-    pts = soft_argmax(regressor(capture).float())
-    ref_points = reference_landmarks(refs) if ref_points is None else ref_points
-    warped, mask = _warp_inputs(refs, ref_points.to(capture.device, torch.float32), pts, face_only=True)
+    ref_points = (reference_landmarks(refs) if ref_points is None else ref_points).to(capture.device, torch.float32)
+    pts, _ = _target_geometry(regressor, regressor(capture), ref_points, shape_mix)
+    warped, mask = _warp_inputs(refs, ref_points, pts, face_only=True)
     area = mask.sum((2, 3), keepdim=True).clamp_min(1)
     mu_w = (warped * mask).sum((2, 3), keepdim=True) / area
     mu_c = (capture * mask).sum((2, 3), keepdim=True) / area

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from data.loader import FLIP_68, flip_points
 
 __all__ = ["FACE_TEMPLATE", "FOREHEAD_LIFT", "WarpResult", "face_vertices", "triangulation", "piecewise_affine_warp",
-           "feather", "FLIP_68", "flip_points"]
+           "feather", "blend_shape", "FLIP_68", "flip_points"]
 
 # mean dlib 68-point shape of the embedded training faces (x, y) / img_size, from the teacher cache at 128 px
 FACE_TEMPLATE = np.array([
@@ -226,3 +226,41 @@ def feather(mask: torch.Tensor, radius: int = 3) -> torch.Tensor:
     eroded = -F.max_pool2d(-mask, k, stride=1, padding=radius)
     soft = F.avg_pool2d(eroded, k, stride=1, padding=radius, count_include_pad=False)
     return soft * mask
+
+
+def blend_shape(points: torch.Tensor, ref_points: torch.Tensor, alpha: float) -> torch.Tensor:
+    """Target landmarks that take a fraction ``alpha`` of the face SHAPE from the reference.
+
+    Face geometry alone identifies (the ``reference-warp`` baseline warped onto the source's exact points is
+    re-identified by dlib), so the anonymizer can move the source's landmarks part of the way towards the
+    reference's shape: the reference points are first aligned to the source points by the least-squares
+    similarity transform (Umeyama; rotation, isotropic scale, translation), so the source's position, size and
+    in-plane rotation stay, then ``(1 - alpha) * source + alpha * aligned reference``. ``alpha = 0`` keeps the
+    source's geometry exactly, 1 gives the reference's shape in the source's pose. Rows whose reference
+    points are not finite (no landmarks) keep the source points.
+
+    Args:
+        points: (B, K, 2) source landmarks [px].
+        ref_points: (B, K, 2) reference landmarks [px] (NaN rows allowed).
+        alpha: in [0, 1].
+
+    Returns:
+        (B, K, 2) [px], dtype / device of ``points``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"shape mix alpha must be in [0, 1], got {alpha}")
+    if points.shape != ref_points.shape:
+        raise ValueError(f"blend_shape: points {tuple(points.shape)} and ref_points {tuple(ref_points.shape)} differ")
+    if alpha == 0.0:
+        return points
+    ok = torch.isfinite(ref_points).all(-1).all(-1)
+    ref = torch.where(ok[:, None, None], ref_points, points).to(points.dtype)
+    mu_s, mu_r = points.mean(1, keepdim=True), ref.mean(1, keepdim=True)
+    s, r = points - mu_s, ref - mu_r
+    # complex-number form of the 2-D Umeyama solution: source ~ a * ref with a = scale * e^{i theta}
+    zs, zr = torch.complex(s[..., 0], s[..., 1]), torch.complex(r[..., 0], r[..., 1])
+    a = (zr.conj() * zs).sum(1, keepdim=True) / (zr.abs() ** 2).sum(1, keepdim=True).clamp_min(1e-12)
+    za = a * zr
+    aligned = torch.stack([za.real, za.imag], -1) + mu_s
+    out = points + alpha * (aligned - points)
+    return torch.where(ok[:, None, None], out, points)

@@ -153,3 +153,25 @@ def test_camera_inverter_recovers_identity_from_a_mild_blur(embedder, nba_faces)
     rho_capture = identity_correlation(as_t(captures), x[5:]).mean()
     rho_restored = identity_correlation(as_t(restored), x[5:]).mean()
     assert rho_restored > rho_capture + 0.1
+
+
+def test_differentiable_wiener_equals_the_attack_and_its_gradient_reaches_the_psf():
+    import torch
+
+    from data.datasets import load_image
+    from metrics.inverter import wiener_deconvolve
+    from tests.helpers import NBA_NAMES, nba_dir
+
+    face = load_image(nba_dir() / NBA_NAMES[0], 64).permute(1, 2, 0).numpy()
+    for psf in (gaussian_psf(1.5, 9), gaussian_psf(2.0, 12)):  # odd and even windows
+        capture = np.clip(apply_psf(face, psf), 0, 1).astype(np.float32)
+        ref = wiener_attack(capture, psf, balance=1e-2)  # skimage's filter, clipped
+        ours = wiener_deconvolve(torch.from_numpy(capture).permute(2, 0, 1)[None].double(),
+                                 torch.from_numpy(psf).double(), 1e-2)
+        np.testing.assert_allclose(ours[0].permute(1, 2, 0).clamp(0, 1).numpy(), ref, atol=1e-5)
+    p = torch.from_numpy(gaussian_psf(1.5, 9)).requires_grad_(True)
+    est = wiener_deconvolve(torch.from_numpy(capture).permute(2, 0, 1)[None], p)
+    (grad,) = torch.autograd.grad(identity_correlation(est, torch.from_numpy(face).permute(2, 0, 1)[None]).sum(), p)
+    assert torch.isfinite(grad).all() and float(grad.abs().max()) > 0
+    with pytest.raises(ValueError, match="psf"):
+        wiener_deconvolve(torch.zeros(1, 3, 8, 8), torch.ones(1, 3, 3))

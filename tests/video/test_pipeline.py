@@ -61,3 +61,27 @@ def test_video_eval_from_videos_anonymizer(moving_face, tmp_path):
     assert s["reid_same_person_rate"] < 0.5  # the new face is not the original person for dlib
     assert np.isfinite(s["flicker_ratio"]) and s["flicker_ratio_texture"] < 1.5
     assert (report / "gt.json").is_file() and (report / "pred.json").is_file()
+
+
+def test_distinctive_reference_pool_drops_faces_that_match_others(tmp_path):
+    """Three copies of one face (dlib distance 0 to each other) are the least distinctive references: a pool of
+    the most distinctive ones keeps the single faces and at most one copy."""
+    import shutil
+
+    from pipelines.video import reference_pool
+    from tests.helpers import write_headshots
+
+    folder = write_headshots(tmp_path / "refs", 128, count=5)
+    first = sorted(folder.iterdir())[0]
+    for k in range(2):
+        shutil.copy(first, folder / f"00_copy{k}.png")  # sorted first: a "first N" pick keeps all 3
+    refs, where = reference_pool(str(folder), 128, "first", 7)
+    assert len(refs) == 7 and where == folder
+    face = refs[0].numpy()  # a copy (sorted first)
+    assert sum(bool(np.allclose(r.numpy(), face)) for r in refs[:5]) == 3
+    pool, _ = reference_pool(str(folder), 128, "distinctive", 5)
+    assert len(pool) == 5
+    copies = sum(bool(np.allclose(r.numpy(), face)) for r in pool)
+    assert copies <= 1  # 4 single faces + at most one of the 3 identical ones
+    with pytest.raises(ValueError, match="num_refs"):
+        reference_pool(str(folder), 128, "first", 0)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 
 from anonymizer.stage2.warp import face_vertices, feather, piecewise_affine_warp, triangulation
@@ -105,3 +106,30 @@ def test_feather_is_zero_outside_and_one_deep_inside() -> None:
     m[..., 8:24, 8:24] = 1
     f = feather(m, 2)
     assert f[m == 0].abs().max() == 0 and f[0, 0, 16, 16] == 1 and 0 < f[0, 0, 8, 16] < 1
+
+
+def test_shape_blend_keeps_the_source_pose_and_takes_the_reference_shape() -> None:
+    from anonymizer.stage2.warp import blend_shape
+
+    src = template_points(S).double()[None]
+    # another face shape: a wider jaw and a longer nose (known per-point offsets), then seen rotated, scaled and
+    # shifted: the similarity must be removed and only the shape difference mixed in
+    other = src.clone()
+    other[0, :17, 0] = (other[0, :17, 0] - 63.5) * 1.15 + 63.5
+    other[0, 27:36, 1] += 3.0
+    ref = similarity(other[0], 25.0, 0.7, (9.0, -4.0))[None]
+    assert torch.allclose(blend_shape(src, ref, 0.0), src)
+    full = blend_shape(src, ref, 1.0)
+    # alpha 1 = the other shape in the source's frame: equal to ``other`` up to the least-squares similarity
+    # between other and src (small, both share most points); check the shape difference itself
+    d_full, d_true = full - src, other - src
+    assert torch.allclose(d_full - d_full.mean(1, keepdim=True), d_true - d_true.mean(1, keepdim=True), atol=0.6)
+    half = blend_shape(src, ref, 0.5)
+    assert torch.allclose(half, (src + full) / 2, atol=1e-9)
+    # a pure similarity of the source is the same shape: nothing moves
+    assert torch.allclose(blend_shape(src, similarity(src[0], -40.0, 1.3, (3.0, 2.0))[None], 0.8), src, atol=1e-9)
+    # a reference without landmarks keeps the source points
+    nan = torch.full_like(ref, float("nan"))
+    assert torch.equal(blend_shape(src, nan, 0.7), src)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        blend_shape(src, ref, 1.5)
