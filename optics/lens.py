@@ -15,6 +15,7 @@ from torch import nn
 from optics import psf as psf_model
 from optics.lens_config import LensConfig, LensConfigError, load_lens_config, preset_names
 from optics.materials import refractive_index
+from optics.sampling import MAX_PHASE_STEP
 from optics.zernike import zernike_grid
 
 __all__ = ["Lens", "LensConfig", "LensConfigError", "load_lens_config", "preset_names"]
@@ -211,7 +212,9 @@ class Lens(nn.Module):
 
         With config.height_range = [lo, hi]: a pixel height map is clamped to [lo, hi]; a Zernike surface
         (defined up to a base thickness) is scaled down uniformly so that its peak-to-valley over the aperture
-        is at most hi - lo (the etch depth).
+        is at most hi - lo (the etch depth). A Zernike surface whose pupil phase steps by MAX_PHASE_STEP (0.9 pi)
+        or more between neighbouring samples of this lens's grid is scaled down uniformly until it does not (the
+        same limit the automatic sampling uses), so a trained lens stays one its own grid simulates correctly.
         """
         hr = self.config.height_range
         if hr is not None:
@@ -227,6 +230,14 @@ class Lens(nn.Module):
                 if ptv > hi - lo:
                     self.zernike_coeffs.mul_((hi - lo) / ptv)
         step = self.max_phase_step()
+        if self.height_pixels is None and self.zernike_coeffs.numel() and step >= MAX_PHASE_STEP:
+            # a surface steeper than the pupil grid resolves images differently from the element it describes
+            # (the simulated PSF aliases): scale it back onto the largest phase step this grid samples
+            for _ in range(4):
+                self.zernike_coeffs.mul_(0.97 * MAX_PHASE_STEP / step)
+                step = self.max_phase_step()
+                if step < MAX_PHASE_STEP:
+                    break
         if step >= math.pi:
             log.warning("lens pupil phase steps by %.2f rad between samples (>= pi): the PSF aliases; "
                         "constrain the height map or increase pupil_samples", step)

@@ -6,12 +6,16 @@ quantised images as the element a lab would make.
 """
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import numpy as np
 import torch
 
 from optics.lens import Lens, LensConfig
+from optics.lens_config import LensConfigError
+
+log = logging.getLogger(__name__)
 
 PNG_MAX = 65535
 """Largest 16-bit code: at most PNG_MAX + 1 levels."""
@@ -154,6 +158,38 @@ def build_lens(config: LensConfig, quantize_levels: int = 0) -> Lens:
     return FabricatedLens(config, quantize_levels)
 
 
+def trained_sampling(config: LensConfig, lens_state: dict[str, torch.Tensor], source: str | None = None
+                     ) -> LensConfig:
+    """The config with the pupil grid chosen for the TRAINED surface.
+
+    The automatic sampling (optics.sampling) is chosen from a config's own height map; a stored lens's learned
+    Zernike heights live in its state, and training can steepen the surface far beyond what the grid chosen for
+    the starting design resolves (a phase step > pi between pupil samples aliases: the PSF then differs from the
+    element's). So when ``pupil_samples`` is automatic, the grid is chosen again with the learned coefficients and
+    fixed in the returned config (logged); an explicit ``pupil_samples`` is kept, and a grid that then aliases
+    is warned about by the lens itself.
+    """
+    coeffs = lens_state.get("zernike_coeffs")
+    if config.pupil_samples is not None or coeffs is None or len(coeffs) != len(config.learnable_indices):
+        return config
+    learned = dict(config.zernike)
+    learned.update({int(j): float(c) for j, c in zip(config.learnable_indices, coeffs.detach().double().cpu())})
+    start = config.num_pupil
+    try:
+        choice = config.replace(zernike=learned).sampling(source)
+    except LensConfigError as err:
+        log.warning("%s: the trained surface is steeper than the %d x %d pupil grid resolves and no affordable "
+                    "grid does (%s): its simulated PSF aliases, i.e. differs from the element's", source or "lens",
+                    start, start, err)
+        return config
+    if choice.samples <= start:
+        return config
+    log.info("%s: the trained surface needs a %d x %d pupil grid (phase step %.2f rad on it; the starting "
+             "design's grid %d aliases it)", source or "lens", choice.samples, choice.samples, choice.phase_step,
+             start)
+    return config.replace(pupil_samples=choice.samples)
+
+
 def lens_from_state(lens_config: dict[str, Any], lens_state: dict[str, torch.Tensor],
                     quantize: dict[str, Any] | None = None, source: str | None = None,
                     overrides: dict[str, Any] | None = None) -> Lens:
@@ -172,6 +208,7 @@ def lens_from_state(lens_config: dict[str, Any], lens_state: dict[str, torch.Ten
     data = dict(lens_config)
     data.update(overrides or {})
     config = LensConfig.from_dict(data, source=source)
+    config = trained_sampling(config, lens_state, source)
     if quantize:
         model = quantize.get("model", "pupil")
         if model not in QUANTIZE_MODELS:

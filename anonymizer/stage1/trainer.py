@@ -54,8 +54,9 @@ from optics.quantize import QuantizedLens, build_lens, lens_from_state  # noqa: 
 
 log = logging.getLogger(__name__)
 
-PROJECT_EVERY = 25
-"""Lens.project() (height-range clamp + aliasing check, ~2 PSF evaluations) runs every this many steps."""
+PROJECT_EVERY = 5
+"""Lens.project() (height-range clamp, phase-step limit of the pupil grid: a few pupil-phase evaluations, no PSF)
+runs every this many steps."""
 
 
 @dataclass

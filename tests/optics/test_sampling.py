@@ -81,3 +81,44 @@ def test_unaffordable_design_is_refused_with_size_and_memory():
     assert info.value.key == "zernike" and "GiB" in msg and "pupil grid" in msg
     n = int(msg.split(" x ")[0].split()[-1])
     assert sampling.psf_memory_bytes(n, 3, 25) > sampling.MAX_AUTO_MEMORY
+
+
+def _steep_state(cfg: LensConfig, coeffs: dict[int, float]) -> dict[str, torch.Tensor]:
+    state = Lens(cfg).state_dict()
+    for j, c in coeffs.items():
+        state["zernike_coeffs"][cfg.learnable_indices.index(j)] = c
+    return state
+
+
+def test_stored_trained_surface_gets_the_grid_that_resolves_it():
+    from optics.quantize import lens_from_state
+
+    base = load_lens_config("face-deid")
+    assert base.num_pupil == 256
+    state = _steep_state(base, {11: 2.0e-6})  # learned, not in the config: the starting design's grid aliases it
+    lens = lens_from_state(base.to_dict(), state, source="ckpt")
+    designed = base.replace(zernike={4: 0.0, 11: 2.0e-6})  # the same surface written in the config
+    assert lens.config.num_pupil == designed.num_pupil > 256
+    assert lens.max_phase_step() < sampling.MAX_PHASE_STEP
+    ref = Lens(designed)  # its learnable coefficients start at the config's
+    assert torch.equal(ref.zernike_coeffs.detach(), lens.zernike_coeffs.detach())
+    with torch.no_grad():
+        assert torch.allclose(lens.psf(), ref.psf(), atol=1e-9)
+    # an explicit grid is the user's choice: kept, and the lens itself says it aliases
+    fixed = lens_from_state(base.replace(pupil_samples=256).to_dict(), state, source="ckpt")
+    assert fixed.config.num_pupil == 256 and fixed.max_phase_step() >= sampling.MAX_PHASE_STEP
+
+
+def test_projection_scales_a_too_steep_surface_back_onto_its_grid():
+    cfg = load_lens_config("face-deid")
+    lens = Lens(cfg)
+    with torch.no_grad():
+        lens.zernike_coeffs[cfg.learnable_indices.index(11)] = 2.0e-6
+        lens.zernike_coeffs[cfg.learnable_indices.index(7)] = -0.5e-6
+    before = lens.zernike_coeffs.detach().clone()
+    assert lens.max_phase_step() >= sampling.MAX_PHASE_STEP
+    lens.project()
+    after = lens.zernike_coeffs.detach()
+    assert lens.max_phase_step() < sampling.MAX_PHASE_STEP
+    scale = float(after[cfg.learnable_indices.index(11)] / before[cfg.learnable_indices.index(11)])
+    assert 0.2 < scale < 1.0 and torch.allclose(after, before * scale)  # uniform: the surface's shape is kept
