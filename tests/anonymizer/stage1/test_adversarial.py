@@ -26,7 +26,8 @@ def _faces(n: int = 8) -> torch.Tensor:
 
 
 def _small_camera() -> Camera:
-    return Camera(Lens(load_lens_config("in-focus", psf_size=32, pupil_samples=64)), noise=True)
+    # a pupil grid fine enough that the trained phase stays resolvable (Lens.project keeps it so) with room to move
+    return Camera(Lens(load_lens_config("in-focus", psf_size=32, pupil_samples=128)), noise=True)
 
 
 def test_adversarial_gradient_reaches_the_lens():
