@@ -5,7 +5,7 @@
         [--teacher dlib|mtcnn] [--heatmap_mode grouped|landmarks] [--heatmap_sigma PX] [--regressor heatmap|linear]
         [--lambda_privacy 1] [--lambda_psf 0.1] [--optics_lr 1e-3] [--regressor_lr 1e-3] [--freeze_lens]
         [--quantize_levels N] [--lambda_adv W --adversary_base 16 --adversary_depth 3 --adversary_lr 1e-3
-         --adversary_steps 1 --inverter_loss band] [--resume_iter K] [--wandb]
+         --adversary_steps 1 --inverter_loss band] [--lambda_wiener W2] [--resume_iter K] [--wandb]
 
 ``--regressor linear`` (with ``--heatmap_mode landmarks``) uses the closed-form linear shape regressor
 (anonymizer/stage1/shape.py; refitted every 50 steps while the lens trains) instead of the CNN heatmap U-Net.
