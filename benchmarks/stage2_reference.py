@@ -37,8 +37,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from anonymizer.stage2.sampling import (DEFAULT_SHAPE_MIX, anonymize, load_anonymizer,  # noqa: E402
-                                        reference_landmarks, reference_warp)
+from anonymizer.stage2.sampling import anonymize, load_anonymizer, reference_landmarks, reference_warp  # noqa: E402
 from data.datasets import SourceDataset  # noqa: E402
 from data.files import save_json, save_text  # noqa: E402
 from metrics.baselines import lowres  # noqa: E402
@@ -117,9 +116,9 @@ def main() -> int:
     p.add_argument("--references", type=int, default=6)
     p.add_argument("--no_fid", action="store_true")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--shape_mix", type=float, default=None,
+    p.add_argument("--shape_mix", type=float, default=0.0,
                    help="fraction of the face shape from the reference, for the anonymizer and reference-warp "
-                        "(default: the anonymizer checkpoint's default, see anonymizer.stage2.sampling)")
+                        "(anonymizer.stage2.warp.blend_shape; 0 = the capture's landmarks, as anonymize's default)")
     p.add_argument("--methods", default="anonymizer,reference-warp,lowres,real reference",
                    help="comma list among anonymizer, reference-warp, lowres, real reference (the references "
                         "themselves: the ceiling of perfect transfer); an --old_checkpoint is added")
@@ -151,7 +150,6 @@ def main() -> int:
     if unknown:
         raise ValueError(f"--methods: unknown {unknown}; choose among {sorted(methods)}")
     methods = {k: v for k, v in methods.items() if k in wanted}
-    shape_mix = DEFAULT_SHAPE_MIX if a.shape_mix is None else a.shape_mix
     if a.old_checkpoint:
         old = load_anonymizer(a.old_checkpoint, noise=True)
         if int(old[3]["model"]["img_size"]) != size:
@@ -175,7 +173,7 @@ def main() -> int:
         t0 = time.perf_counter()
         torch.manual_seed(a.seed)
         with torch.no_grad():
-            grid = grid_of(name, mnets, mcam, mreg, src, refs, ref_pts, shape_mix).clip(0, 1).astype(np.float32)
+            grid = grid_of(name, mnets, mcam, mreg, src, refs, ref_pts, a.shape_mix).clip(0, 1).astype(np.float32)
         n, r = grid.shape[:2]
         flat = [grid[i, j] for i in range(n) for j in range(r)]
         res = pixel_dependence(grid)
@@ -205,7 +203,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     info = {"checkpoint": a.checkpoint, "step": meta["step"], "old_checkpoint": a.old_checkpoint,
-            "shape_mix": shape_mix, "ref_pick": a.ref_pick,
+            "shape_mix": a.shape_mix, "ref_pick": a.ref_pick,
             "sources": src_names, "references": ref_names, "img_size": size,
             "protocol": "embedded validation people; every source x every reference; sensor noise on; dlib CNN "
                         "(upsample 1) + 68-point predictor for detection / NME / embedding landmarks",

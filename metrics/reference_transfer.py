@@ -86,6 +86,6 @@ def distinctive_references(candidate_emb: np.ndarray, population_emb: np.ndarray
     """
     if not 1 <= k <= len(candidate_emb):
         raise ValueError(f"distinctive_references: k must be in [1, {len(candidate_emb)}], got {k}")
-    d = np.linalg.norm(candidate_emb[:, None, :] - population_emb[None, :, :], axis=-1)
+    d = distances(candidate_emb, population_emb)
     far, mean = (d > threshold).mean(1), d.mean(1)
     return np.lexsort((-mean, -far))[:k]

@@ -23,10 +23,6 @@ from anonymizer.stage2.model import MODEL_KEYS, Nets, build_model
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SHAPE_MIX = 0.0
-"""Default fraction of the face shape taken from the reference (``--shape_mix``); measured in
-benchmarks/stage2_reference.py."""
-
 __all__ = ["STAGE2_NAME", "FrozenOptics", "frozen_optics_from_checkpoint", "load_anonymizer", "anonymize",
            "AnonymizeResult", "resolve_stage2_checkpoint", "image_grid", "reference_landmarks"]
 
