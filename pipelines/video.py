@@ -46,15 +46,15 @@ tenth of the mean's frame-to-frame jitter."""
 VIDEO_SUFFIXES = (".mp4", ".mkv", ".mov", ".avi")
 
 
-def load_refs(ref_dir: str | None, img_size: int, limit: int = MAX_REFS) -> tuple[torch.Tensor, Path]:
-    """(R, 3, S, S) reference faces in [0, 1] from a folder (default: the embedded training faces).
+def load_refs(ref_dir: str | None, img_size: int, limit: int = MAX_REFS) -> tuple[torch.Tensor, Path, list[Path]]:
+    """(R, 3, S, S) reference faces in [0, 1] from a folder (default: the embedded training faces), loaded as the
+    training pipeline loads images (``data.datasets.load_image``: resize + centre crop), with their files.
 
     Raises:
         FileNotFoundError / ValueError: no folder, or no readable image in it (names the folder).
     """
-    import torch.nn.functional as F
-
-    from data.images import list_images, read_image
+    from data.datasets import load_image
+    from data.images import list_images
 
     if ref_dir is None:
         from pipelines.faces import default_face_dirs
@@ -65,17 +65,11 @@ def load_refs(ref_dir: str | None, img_size: int, limit: int = MAX_REFS) -> tupl
     files = list_images(folder, recursive=True)[:limit]
     if not files:
         raise ValueError(f"{folder}: no reference images (png / jpg) in this folder")
-    refs = []
-    for f in files:
-        t = torch.from_numpy(read_image(f)).permute(2, 0, 1)[None].float()
-        if t.shape[-2:] != (img_size, img_size):
-            t = F.interpolate(t, size=(img_size, img_size), mode="bilinear", align_corners=False, antialias=True)
-        refs.append(t)
-    return torch.cat(refs).clamp(0, 1), folder
+    return torch.stack([load_image(f, img_size) for f in files]).clamp(0, 1), folder, [Path(f) for f in files]
 
 
 def reference_pool(ref_dir: str | None, img_size: int, pick: str = "first", num: int | None = None
-                   ) -> tuple[torch.Tensor, Path]:
+                   ) -> tuple[torch.Tensor, Path, list[Path]]:
     """The references one per track is drawn from: the first ``num`` of :func:`load_refs` by file name, or
     (``pick="distinctive"``) the ``num`` of up to :data:`MAX_REFS` loaded ones least like the others in dlib's
     embedding (:func:`metrics.reference_transfer.distinctive_references`, each scored against the whole loaded
@@ -85,7 +79,7 @@ def reference_pool(ref_dir: str | None, img_size: int, pick: str = "first", num:
         raise ValueError(f"--num_refs must be >= 1, got {num}")
     if pick not in ("first", "distinctive"):
         raise ValueError(f"--ref_pick must be first or distinctive, got {pick!r}")
-    refs, folder = load_refs(ref_dir, img_size, MAX_REFS if pick == "distinctive" else num)
+    refs, folder, files = load_refs(ref_dir, img_size, MAX_REFS if pick == "distinctive" else num)
     if pick == "distinctive" and len(refs) > num:
         from metrics.identity import FaceEmbedder
         from metrics.reference_transfer import distinctive_references
@@ -97,8 +91,8 @@ def reference_pool(ref_dir: str | None, img_size: int, pick: str = "first", num:
         chosen = keep[distinctive_references(emb[keep], emb[keep], min(num, len(keep)))]
         log.info("reference pool: the %d most distinctive of %d references (%d without a dlib face)", len(chosen),
                  len(refs), int((~found).sum()))
-        refs = refs[torch.from_numpy(chosen)]
-    return refs, folder
+        refs, files = refs[torch.from_numpy(chosen)], [files[i] for i in chosen]
+    return refs, folder, files
 
 
 def build_deidentifier(args: argparse.Namespace, device: torch.device):
@@ -114,11 +108,18 @@ def build_deidentifier(args: argparse.Namespace, device: torch.device):
         nets, camera, regressor, meta = load_anonymizer(ckpt, device=device, noise=not args.no_noise,
                                                         psf=measured_psf(args.psf))
         size = int(meta["model"]["img_size"])
-        refs, folder = (reference_pool(args.ref_dir, size, args.ref_pick, args.num_refs) if args.method != "capture"
-                        else (torch.zeros(1, 3, size, size), None))
+        points = None
+        if args.method == "capture":
+            refs, folder = torch.zeros(1, 3, size, size), None
+        else:
+            from anonymizer.stage1.teacher import LandmarkTeacher
+
+            refs, folder, files = reference_pool(args.ref_dir, size, args.ref_pick, args.num_refs)
+            # the teacher's disk cache (keyed by file): dlib is loaded only for references never seen before
+            points = torch.from_numpy(LandmarkTeacher("dlib").landmarks_for_files(files, size).landmarks)
         log.info("Stage II model %s (%d px); %d reference(s)%s", meta["path"], size, len(refs),
                  f" from {folder}" if folder else "")
-        model = Anonymizer(nets, camera, regressor, refs.to(device), size)
+        model = Anonymizer(nets, camera, regressor, refs.to(device), size, points)
     if args.attack_epsilon <= 0 or args.attack_steps < 1:
         raise ValueError(f"--attack_epsilon must be > 0 and --attack_steps >= 1, got {args.attack_epsilon}, "
                          f"{args.attack_steps}")

@@ -33,6 +33,7 @@ from torch import nn
 
 from data.align import alignment_transform
 from video.frames import frames_to_tensor, int_box, tensor_to_frames
+from video.parallel import parallel_chunks
 
 log = logging.getLogger(__name__)
 
@@ -110,50 +111,113 @@ def harmonize(faces: torch.Tensor, crops: torch.Tensor, mask: torch.Tensor,
     return (faces + offset).clamp(0, 1)
 
 
-def crop_aligned(frames: torch.Tensor, frame_idx: torch.Tensor, matrices: torch.Tensor, size: int) -> torch.Tensor:
-    """Aligned face crops.
+def face_region(matrix: np.ndarray, size: int, width: int, height: int, margin: int = 2
+                ) -> tuple[int, int, int, int] | None:
+    """The frame rectangle (x0, y0, x1, y1), clipped to the frame, that holds the aligned crop's square mapped
+    back into the frame plus ``margin`` px (bilinear sampling reads one pixel beyond a sample), and, where the
+    square leaves the frame, the pixels its reflection reads; None when it misses the frame.
 
     Args:
-        frames: (B, 3, H, W) in [0, 1].
-        frame_idx: (K,) int64 frame of each face.
+        matrix: (3, 3) frame px -> crop px (pixel centres at integers).
+    """
+    inv = np.linalg.inv(np.asarray(matrix, dtype=np.float64))
+    c = np.array([[0, 0, 1], [size - 1, 0, 1], [0, size - 1, 1], [size - 1, size - 1, 1]], dtype=np.float64)
+    pts = c @ inv[:2].T
+    (x0, x1), (y0, y1) = (_reflected_span(int(np.floor(pts[:, a].min())) - margin,
+                                          int(np.ceil(pts[:, a].max())) + margin, n)
+                          for a, n in ((0, width), (1, height)))
+    return (x0, y0, x1, y1) if x1 > x0 and y1 > y0 else None
+
+
+def _reflected_span(lo: int, hi: int, n: int) -> tuple[int, int]:
+    """Pixels [lo, hi] of an axis of length n as the half-open in-frame span that also holds their reflections
+    (grid_sample's reflection about the edge pixel centres: -x and 2 (n - 1) - x)."""
+    if lo < 0:
+        hi = max(hi, -lo)
+    if hi > n - 1:
+        lo = min(lo, 2 * (n - 1) - hi)
+    return max(lo, 0), min(hi, n - 1) + 1
+
+
+def _shift(matrix: np.ndarray, x0: int, y0: int) -> np.ndarray:
+    """frame px -> crop px matrix as a region px -> crop px matrix (region origin at frame (x0, y0))."""
+    t = np.eye(3)
+    t[0, 2], t[1, 2] = x0, y0
+    return np.asarray(matrix, dtype=np.float64) @ t
+
+
+def _region_tensor(frame: np.ndarray, region: tuple[int, int, int, int], device: torch.device) -> torch.Tensor:
+    x0, y0, x1, y1 = region
+    return frames_to_tensor([frame[y0:y1, x0:x1]], device)
+
+
+def crop_faces(frames: Sequence[np.ndarray], frame_idx: Sequence[int], matrices: np.ndarray, size: int,
+               device: torch.device | str = "cpu") -> tuple[torch.Tensor, list]:
+    """Aligned face crops, read from each face's region of its uint8 frame only (no whole-frame float copy).
+
+    Equal to resampling the whole frame: the region holds every pixel bilinear sampling reads, and where the
+    crop leaves the frame the region's edge is the frame's edge (reflection padding as for the whole frame).
+
+    Args:
+        frames: (H, W, 3) uint8 RGB frames.
+        frame_idx: (K,) frame of each face.
         matrices: (K, 3, 3) frame px -> crop px (pixel centres at integers).
         size: crop side S [px].
 
     Returns:
-        (K, 3, S, S) in [0, 1] (reflection padding outside the frame).
+        ((K, 3, S, S) crops in [0, 1], the K regions of :func:`face_region` (None: the face misses its frame and
+        its crop is zeros)).
     """
     from kornia.geometry.transform import warp_affine
 
-    return warp_affine(frames[frame_idx], matrices[:, :2].to(frames), (size, size), mode="bilinear",
-                       padding_mode="reflection", align_corners=True).clamp(0, 1)
+    device = torch.device(device)
+    crops = torch.zeros(len(frame_idx), 3, size, size, device=device)
+    regions = []
+    for k, (i, m) in enumerate(zip(frame_idx, matrices)):
+        h, w = frames[i].shape[:2]
+        region = face_region(m, size, w, h)
+        regions.append(region)
+        if region is None:
+            continue
+        shifted = torch.from_numpy(_shift(m, *region[:2])[:2]).float().to(device)[None]
+        crops[k] = warp_affine(_region_tensor(frames[i], region, device), shifted, (size, size), mode="bilinear",
+                               padding_mode="reflection", align_corners=True)[0].clamp(0, 1)
+    return crops, regions
 
 
-def paste_aligned(frames: torch.Tensor, frame_idx: torch.Tensor, matrices: torch.Tensor, faces: torch.Tensor,
-                  mask: torch.Tensor) -> torch.Tensor:
-    """Warp aligned faces back into their frames and blend them with the feathered mask (faces in order).
+def paste_faces(frames: Sequence[np.ndarray], frame_idx: Sequence[int], matrices: np.ndarray,
+                faces: torch.Tensor, mask: torch.Tensor, regions: list) -> list[np.ndarray]:
+    """Warp aligned faces back into their frames and blend them with the feathered mask, inside each face's
+    region only (outside it the mask is zero: the frame's bytes are kept exactly).
 
     Args:
-        frames: (B, 3, H, W) in [0, 1].
-        frame_idx: (K,) frame of each face; matrices: (K, 3, 3) frame px -> crop px.
-        faces: (K, 3, S, S) in [0, 1]; mask: (1, 1, S, S) in [0, 1].
+        frames: (H, W, 3) uint8 frames (not modified); frame_idx: (K,) frame of each face (faces of one frame
+            are blended in order); matrices: (K, 3, 3) frame px -> crop px; faces: (K, 3, S, S) in [0, 1];
+            mask: (1, 1, S, S) in [0, 1]; regions: from :func:`crop_faces`.
 
     Returns:
-        (B, 3, H, W) new frames.
+        the new (H, W, 3) uint8 frames (unchanged frames are the input arrays).
     """
     from kornia.geometry.transform import warp_affine
 
-    if len(faces) == 0:
-        return frames
-    h, w = frames.shape[-2:]
-    inv = torch.linalg.inv(matrices.double()).float().to(frames)[:, :2]
-    back = warp_affine(faces.to(frames), inv, (h, w), mode="bilinear", padding_mode="zeros", align_corners=True)
-    alpha = warp_affine(mask.to(frames).expand(len(faces), -1, -1, -1), inv, (h, w), mode="bilinear",
-                        padding_mode="zeros", align_corners=True)
-    out = frames.clone()
-    for k in range(len(faces)):
-        i = int(frame_idx[k])
-        out[i] = out[i] * (1 - alpha[k]) + back[k] * alpha[k]
-    return out.clamp(0, 1)
+    out = list(frames)
+    copied: set[int] = set()
+    size = faces.shape[-1]
+    for k, (i, m, region) in enumerate(zip(frame_idx, matrices, regions)):
+        if region is None:
+            continue
+        if i not in copied:
+            out[i], copied = np.array(frames[i], copy=True), copied | {i}
+        x0, y0, x1, y1 = region
+        inv = torch.from_numpy(np.linalg.inv(_shift(m, x0, y0))[:2]).float().to(faces.device)[None]
+        dsize = (y1 - y0, x1 - x0)
+        back = warp_affine(faces[k:k + 1], inv, dsize, mode="bilinear", padding_mode="zeros", align_corners=True)
+        alpha = warp_affine(mask.to(faces).reshape(1, 1, size, size), inv, dsize, mode="bilinear",
+                            padding_mode="zeros", align_corners=True)
+        roi = _region_tensor(out[i], region, faces.device)
+        blended = roi * (1 - alpha) + back * alpha
+        out[i][y0:y1, x0:x1] = tensor_to_frames(blended)[0]
+    return out
 
 
 def blur_box(frame: np.ndarray, box: np.ndarray, level: int) -> np.ndarray:
@@ -192,6 +256,8 @@ class Anonymizer:
         nets: EMA networks; camera: the privacy camera; regressor: the frozen heatmap regressor.
         refs: (R, 3, S, S) in [0, 1] aligned reference faces (public people, one picked per track).
         img_size: S [px], the model's side.
+        ref_points: optional (R, 68, 2) dlib landmarks of the references [px] (NaN rows: no face), e.g. from the
+            teacher's disk cache; None: found on first use.
     """
 
     nets: nn.Module
@@ -199,6 +265,7 @@ class Anonymizer:
     regressor: nn.Module
     refs: torch.Tensor
     img_size: int
+    ref_points: torch.Tensor | None = None
 
 
 class Deidentifier:
@@ -240,6 +307,7 @@ class Deidentifier:
         self.attack = attack
         self.harmonize = bool(harmonize)
         self._ref_points: dict[int, torch.Tensor] = {}
+        self._style_codes: dict[int, torch.Tensor] = {}
         self.last_attack_stats: list[dict] = []
 
     def reference_index(self, track_id: int) -> int:
@@ -274,32 +342,47 @@ class Deidentifier:
         if not items:
             return [np.asarray(f) for f in frames]
         s = self.model.img_size
-        batch = frames_to_tensor(frames, self.device)
-        idx = torch.tensor([i for i, _ in items], device=self.device)
-        mats = torch.from_numpy(np.stack([alignment_transform(f.landmarks, s) for _, f in items])).float()
-        mats = mats.to(self.device)
-        crops = crop_aligned(batch, idx, mats, s)
+        idx = [i for i, _ in items]
+        mats = np.stack([alignment_transform(f.landmarks, s) for _, f in items])
+        crops, regions = crop_faces(frames, idx, mats, s, self.device)
         new = self._faces(crops, [f.track_id for _, f in items])
         if self.method == "anonymizer" and self.harmonize:
             new = harmonize(new, crops, self._mask)
-        return tensor_to_frames(paste_aligned(batch, idx, mats, new, self._mask))
+        return paste_faces([np.asarray(f) for f in frames], idx, mats, new, self._mask, regions)
 
     @torch.no_grad()
     def _faces(self, crops: torch.Tensor, track_ids: list[int]) -> torch.Tensor:
+        """New faces for aligned crops. The camera (and its sensor noise) runs here for the whole batch, so the
+        noise follows the seed; the per-face networks then run on :func:`video.parallel.parallel_chunks`."""
         m = self.model
+        captures = self._camera(crops)
         if self.method == "capture":
-            return self._camera(crops).clamp(0, 1)
+            return captures.clamp(0, 1)
         which = [self.reference_index(t) for t in track_ids]
         refs = m.refs[which].to(self.device)
         points = self._reference_points(which)
         if self.method == "reference-warp":
             from video.reference_warp import reference_warp
 
-            return reference_warp(self._camera(crops), m.regressor, refs, ref_points=points)
+            return parallel_chunks(lambda ix: reference_warp(captures[ix], m.regressor, refs[ix],
+                                                             ref_points=points[ix]), len(crops))
         from anonymizer.stage2.sampling import anonymize
 
-        return anonymize(m.nets, self._camera, m.regressor, crops, refs, paired=True,
-                         batch_size=len(crops), ref_points=points).outputs
+        styles = self._styles(which)
+        return parallel_chunks(lambda ix: anonymize(
+            m.nets, nn.Identity(), m.regressor, captures[ix], refs[ix], paired=True, batch_size=len(crops),
+            ref_points=None if points is None else points[ix], styles=styles[ix]).outputs, len(crops))
+
+    def _styles(self, which: list[int]) -> torch.Tensor:
+        """(K, style_dim) style codes of the references ``which`` (the style encoder runs once per reference and
+        is cached: a track keeps its reference)."""
+        missing = sorted(set(which) - set(self._style_codes))
+        if missing:
+            refs = self.model.refs[missing].to(self.device)
+            codes = self.model.nets.style_encoder(refs, torch.zeros(len(missing), dtype=torch.long,
+                                                                     device=self.device))
+            self._style_codes.update(zip(missing, codes))
+        return torch.stack([self._style_codes[i] for i in which])
 
     def _reference_points(self, which: list[int]) -> torch.Tensor | None:
         """(K, 68, 2) dlib landmarks [px] of the references ``which``, found once per reference and cached
@@ -307,7 +390,9 @@ class Deidentifier:
         if self.method == "anonymizer" and not getattr(self.model.nets.generator, "reference_input", False):
             return None
         missing = sorted(set(which) - set(self._ref_points))
-        if missing:
+        if missing and self.model.ref_points is not None:
+            self._ref_points.update((i, self.model.ref_points[i]) for i in missing)
+        elif missing:
             from anonymizer.stage2.sampling import reference_landmarks
 
             for i, pts in zip(missing, reference_landmarks(self.model.refs[missing])):

@@ -48,7 +48,8 @@ class TrackedFace(Face):
 
 
 class FrameDetector:
-    """All faces of video frames, MTCNN batched over frames.
+    """All faces of video frames, MTCNN batched over frames (a batch split over worker threads,
+    :mod:`video.parallel`).
 
     Args:
         device: torch device of the networks.
@@ -80,14 +81,17 @@ class FrameDetector:
         import torch
 
         from metrics.mtcnn_batched import detect_faces
+        from video.parallel import parallel_map
 
         m = self.detector.mtcnn
         out: list[list[Face]] = []
         for start in range(0, len(frames), self.batch_size):
             chunk = np.stack([np.asarray(f) for f in frames[start:start + self.batch_size]])
             batch = chunk.astype(np.float32) * (1.0 if chunk.dtype == np.uint8 else 255.0)
-            found = detect_faces(torch.as_tensor(batch, device=self.device), m.pnet, m.rnet, m.onet,
-                                 min_face_size=m.min_face_size, thresholds=m.thresholds, factor=m.factor)
+            frames_t = torch.as_tensor(batch, device=self.device)
+            found = [f for part in parallel_map(
+                lambda ix: detect_faces(frames_t[ix], m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
+                                        thresholds=m.thresholds, factor=m.factor), len(frames_t)) for f in part]
             for boxes, points in found:
                 faces = [Face(np.asarray(b[:4], np.float64), float(b[4]), np.asarray(p, np.float64))
                          for b, p in zip(boxes, points) if b[4] >= self.min_score]

@@ -178,8 +178,8 @@ def _target_geometry(regressor: nn.Module, heatmap: torch.Tensor, ref_points: to
 @torch.no_grad()
 def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: torch.Tensor,
               refs_or_latents: torch.Tensor, domains: torch.Tensor | int | None = None, paired: bool = False,
-              batch_size: int = 16, ref_points: torch.Tensor | None = None, shape_mix: float = 0.0
-              ) -> AnonymizeResult:
+              batch_size: int = 16, ref_points: torch.Tensor | None = None, shape_mix: float = 0.0,
+              styles: torch.Tensor | None = None) -> AnonymizeResult:
     """De-identify faces: image them through the privacy camera, then synthesise new faces.
 
     With a ``reference_input`` generator each reference is warped onto the landmarks that the regressor finds in
@@ -199,6 +199,8 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
         ref_points: (N, 68, 2) landmarks of the references [px] (default: :func:`reference_landmarks`).
         shape_mix: fraction of the face shape taken from the reference (:func:`_target_geometry`); 0 keeps the
             capture's landmarks exactly.
+        styles: optional (N, style_dim) style codes of ``refs_or_latents`` computed before (e.g. cached per
+            reference); default: the style encoder / mapping network on them.
 
     Returns:
         :class:`AnonymizeResult` (on the device of ``images``; ``heatmaps`` are the regressor's, before any
@@ -210,6 +212,8 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
     n = refs_or_latents.shape[0]
     if paired and n != images.shape[0]:
         raise ValueError(f"paired anonymize needs as many styles as images, got {n} and {images.shape[0]}")
+    if styles is not None and (styles.ndim != 2 or styles.shape[0] != n):
+        raise ValueError(f"styles: expected ({n}, style_dim), got {tuple(styles.shape)}")
     if domains is None:
         domains = 0
     y = (torch.full((n,), int(domains), dtype=torch.long, device=device) if isinstance(domains, int)
@@ -217,14 +221,14 @@ def anonymize(nets_ema: Nets, camera: nn.Module, regressor: nn.Module, images: t
     refs_or_latents = refs_or_latents.to(device)
     warp = bool(getattr(nets_ema.generator, "reference_input", False)) and refs_or_latents.ndim == 4
     if refs_or_latents.ndim == 4:
-        styles = nets_ema.style_encoder(refs_or_latents, y)
+        styles = nets_ema.style_encoder(refs_or_latents, y) if styles is None else styles.to(device)
         if warp:
             ref_points = (reference_landmarks(refs_or_latents) if ref_points is None else ref_points)
             ref_points = ref_points.to(device, torch.float32)
             if ref_points.shape != (n, 68, 2):
                 raise ValueError(f"ref_points: expected ({n}, 68, 2), got {tuple(ref_points.shape)}")
     elif refs_or_latents.ndim == 2:
-        styles = nets_ema.mapping_network(refs_or_latents, y)
+        styles = nets_ema.mapping_network(refs_or_latents, y) if styles is None else styles.to(device)
     else:
         raise ValueError(f"refs_or_latents: expected (N, 3, S, S) images or (N, latent_dim) latents, "
                          f"got {tuple(refs_or_latents.shape)}")

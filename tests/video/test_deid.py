@@ -7,38 +7,55 @@ import pytest
 import torch
 
 from data.align import align_face, alignment_transform
-from video.deid import (Deidentifier, blur_box, crop_aligned, face_mask, harmonize, paste_aligned,
-                        pixelate_box)
+from video.deid import Deidentifier, blur_box, crop_faces, face_mask, harmonize, paste_faces, pixelate_box
 from video.frames import frames_to_tensor
 
 
 def _aligned(moving_face, t, size=128):
     f = moving_face.tracks[t][0]
-    m = torch.from_numpy(alignment_transform(f.landmarks, size)).float()[None]
-    return frames_to_tensor([moving_face.frames[t]]), torch.tensor([0]), m
+    return [moving_face.frames[t]], [0], alignment_transform(f.landmarks, size)[None]
 
 
 def test_crop_matches_data_align(moving_face):
     frames, idx, m = _aligned(moving_face, 7)
-    ours = crop_aligned(frames, idx, m, 128)[0].permute(1, 2, 0).numpy()
+    crops, _ = crop_faces(frames, idx, m, 128)
+    ours = crops[0].permute(1, 2, 0).numpy()
     ref, _ = align_face(moving_face.frames[7].astype(np.float32) / 255, moving_face.tracks[7][0].landmarks, 128)
     assert np.abs(ours - ref)[8:-8, 8:-8].mean() < 0.01  # same similarity and pixel convention (kornia vs skimage)
 
 
+def test_region_crop_equals_whole_frame_warp(moving_face):
+    """Reading only the face's region gives the whole-frame resampling, also for a face half outside the frame
+    (the region's edge is then the frame's: the same reflection)."""
+    from kornia.geometry.transform import warp_affine
+
+    frame = moving_face.frames[5]
+    m = alignment_transform(moving_face.tracks[5][0].landmarks, 128)
+    shifted = m @ np.array([[1, 0, -float(moving_face.tracks[5][0].box[2]) + 20], [0, 1, 0], [0, 0, 1]])
+    for mat in (m, shifted):  # the second puts most of the face left of the frame's edge
+        crops, regions = crop_faces([frame], [0], mat[None], 128)
+        whole = warp_affine(frames_to_tensor([frame]), torch.from_numpy(mat[:2]).float()[None], (128, 128),
+                            mode="bilinear", padding_mode="reflection", align_corners=True).clamp(0, 1)
+        x0, y0, x1, y1 = regions[0]
+        assert (x1 - x0) * (y1 - y0) < frame.shape[0] * frame.shape[1]
+        assert float((crops - whole).abs().max()) < 1e-4
+
+
 def test_paste_back_of_the_crop_restores_the_frame(moving_face):
     frames, idx, m = _aligned(moving_face, 3)
-    crop = crop_aligned(frames, idx, m, 128)
+    crops, regions = crop_faces(frames, idx, m, 128)
     mask = face_mask(128)
     assert mask[0, 0, 64, 64] == 1.0 and mask[0, 0, 0, 0] == 0.0 and mask[0, 0, 2, 64] == 0.0
-    out = paste_aligned(frames, idx, m, crop, mask)
+    out = paste_faces(frames, idx, m, crops, mask, regions)[0]
     # resampling twice blurs a little; outside the mask the frame is untouched
-    assert (out - frames).abs().mean() < 0.005
-    blank = paste_aligned(frames, idx, m, torch.zeros_like(crop), mask)
-    changed = (blank - frames).abs().sum(1)[0] > 0
-    ys, xs = np.nonzero(changed.numpy())
+    assert np.abs(out.astype(float) - frames[0]).mean() < 0.005 * 255
+    blank = paste_faces(frames, idx, m, torch.zeros_like(crops), mask, regions)[0]
+    changed = np.abs(blank.astype(int) - frames[0]).sum(-1) > 0
+    ys, xs = np.nonzero(changed)
     box = moving_face.tracks[3][0].box
-    m = 0.2 * (box[2] - box[0])  # the mask reaches a little past MTCNN's box (cheeks), never far
-    assert xs.min() >= box[0] - m and xs.max() <= box[2] + m and ys.min() >= box[1] - m and ys.max() <= box[3] + m
+    w = 0.2 * (box[2] - box[0])  # the mask reaches a little past MTCNN's box (cheeks), never far
+    assert xs.min() >= box[0] - w and xs.max() <= box[2] + w and ys.min() >= box[1] - w and ys.max() <= box[3] + w
+    assert frames[0] is moving_face.frames[3] and out is not frames[0]  # the input frame is not modified
 
 
 def test_drsf_baselines_stay_in_the_box():
@@ -85,7 +102,7 @@ def shipped_model():
 
     nets, camera, regressor, meta = load_anonymizer(SHIPPED_ANONYMIZER)
     size = int(meta["model"]["img_size"])
-    refs, _ = load_refs(None, size, limit=8)
+    refs, _, _ = load_refs(None, size, limit=8)
     return Anonymizer(nets, camera, regressor, refs, size)
 
 
@@ -168,3 +185,34 @@ def test_harmonize_removes_most_of_the_seam_in_the_feathered_band():
     assert out[..., 20:44, 8:24].mean() < out[..., 20:44, 40:56].mean()  # follows the two sides
     with pytest.raises(ValueError, match="differ"):
         harmonize(face, frame[..., :32], mask)
+
+
+def test_parallel_batch_equals_the_serial_batch(moving_face, shipped_model, monkeypatch):
+    """Faces split over two worker threads (one torch thread each) give the same bytes as the whole batch on
+    this thread; the style code cached per reference equals the style encoder's."""
+    import video.deid as deid
+
+    frames, tracks = moving_face.frames[:4], moving_face.tracks[:4]
+    parallel = deid.parallel_chunks
+    outs = {}
+    for workers in (1, 2):
+        monkeypatch.setattr(deid, "parallel_chunks", lambda fn, n, w=workers: parallel(fn, n, workers=w))
+        torch.manual_seed(0)  # the camera noise is drawn before the split: the same for both
+        outs[workers] = Deidentifier("anonymizer", model=shipped_model, seed=1)(frames, tracks)
+    for a, b in zip(outs[1], outs[2]):
+        assert np.abs(a.astype(int) - b).max() <= 1  # the same up to float summation order
+    d = Deidentifier("anonymizer", model=shipped_model, seed=1)
+    which = [2, 0, 2]
+    with torch.no_grad():
+        direct = shipped_model.nets.style_encoder(shipped_model.refs[which], torch.zeros(3, dtype=torch.long))
+    torch.testing.assert_close(d._styles(which), direct, atol=1e-5, rtol=0)
+    assert sorted(d._style_codes) == [0, 2]
+
+
+def test_parallel_chunks_covers_every_item_in_order():
+    from video.parallel import parallel_chunks, split
+
+    seen = parallel_chunks(lambda ix: torch.arange(10)[ix] * 2, 10, workers=3)
+    torch.testing.assert_close(seen, torch.arange(10) * 2)
+    assert parallel_chunks(lambda ix: torch.arange(1)[ix], 1, workers=4).tolist() == [0]
+    assert split(10, 3) == [slice(0, 4), slice(4, 8), slice(8, 10)] and split(0, 2) == []

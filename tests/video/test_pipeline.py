@@ -75,13 +75,17 @@ def test_distinctive_reference_pool_drops_faces_that_match_others(tmp_path):
     first = sorted(folder.iterdir())[0]
     for k in range(2):
         shutil.copy(first, folder / f"00_copy{k}.png")  # sorted first: a "first N" pick keeps all 3
-    refs, where = reference_pool(str(folder), 128, "first", 7)
+    refs, where, files = reference_pool(str(folder), 128, "first", 7)
     assert len(refs) == 7 and where == folder
     face = refs[0].numpy()  # a copy (sorted first)
     assert sum(bool(np.allclose(r.numpy(), face)) for r in refs[:5]) == 3
-    pool, _ = reference_pool(str(folder), 128, "distinctive", 5)
+    pool, _, pool_files = reference_pool(str(folder), 128, "distinctive", 5)
     assert len(pool) == 5
     copies = sum(bool(np.allclose(r.numpy(), face)) for r in pool)
     assert copies <= 1  # 4 single faces + at most one of the 3 identical ones
+    from data.datasets import load_image
+
+    assert files[0].parent == folder and all(np.allclose(load_image(f, 128).numpy(), r.numpy())
+                                             for f, r in zip(pool_files, pool))  # files follow the pick
     with pytest.raises(ValueError, match="num_refs"):
         reference_pool(str(folder), 128, "first", 0)
