@@ -33,7 +33,7 @@ from torch import nn
 
 from data.align import alignment_transform
 from video.frames import frames_to_tensor, int_box, tensor_to_frames
-from video.parallel import parallel_chunks
+from video.parallel import cpu_workers, parallel_chunks
 
 log = logging.getLogger(__name__)
 
@@ -365,13 +365,15 @@ class Deidentifier:
             from video.reference_warp import reference_warp
 
             return parallel_chunks(lambda ix: reference_warp(captures[ix], m.regressor, refs[ix],
-                                                             ref_points=points[ix]), len(crops))
+                                                             ref_points=points[ix]), len(crops),
+                                   cpu_workers(self.device))
         from anonymizer.stage2.sampling import anonymize
 
         styles = self._styles(which)
         return parallel_chunks(lambda ix: anonymize(
             m.nets, nn.Identity(), m.regressor, captures[ix], refs[ix], paired=True, batch_size=len(crops),
-            ref_points=None if points is None else points[ix], styles=styles[ix]).outputs, len(crops))
+            ref_points=None if points is None else points[ix], styles=styles[ix]).outputs, len(crops),
+            cpu_workers(self.device))
 
     def _styles(self, which: list[int]) -> torch.Tensor:
         """(K, style_dim) style codes of the references ``which`` (the style encoder runs once per reference and

@@ -37,6 +37,12 @@ def _worker_pool(workers: int) -> ThreadPoolExecutor:
         return _pool
 
 
+def cpu_workers(device: torch.device | str) -> int:
+    """Worker threads for a batch on ``device``: this thread's torch thread count on the CPU, 1 elsewhere (a GPU
+    runs a whole batch best as one)."""
+    return torch.get_num_threads() if torch.device(device).type == "cpu" else 1
+
+
 def split(n: int, workers: int | None = None) -> list[slice]:
     """range(n) as at most ``workers`` (default: this thread's torch thread count) contiguous, near-equal
     slices."""

@@ -81,7 +81,7 @@ class FrameDetector:
         import torch
 
         from metrics.mtcnn_batched import detect_faces
-        from video.parallel import parallel_map
+        from video.parallel import cpu_workers, parallel_map
 
         m = self.detector.mtcnn
         out: list[list[Face]] = []
@@ -91,7 +91,8 @@ class FrameDetector:
             frames_t = torch.as_tensor(batch, device=self.device)
             found = [f for part in parallel_map(
                 lambda ix: detect_faces(frames_t[ix], m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
-                                        thresholds=m.thresholds, factor=m.factor), len(frames_t)) for f in part]
+                                        thresholds=m.thresholds, factor=m.factor), len(frames_t),
+                cpu_workers(self.device)) for f in part]
             for boxes, points in found:
                 faces = [Face(np.asarray(b[:4], np.float64), float(b[4]), np.asarray(p, np.float64))
                          for b, p in zip(boxes, points) if b[4] >= self.min_score]

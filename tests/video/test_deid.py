@@ -196,7 +196,7 @@ def test_parallel_batch_equals_the_serial_batch(moving_face, shipped_model, monk
     parallel = deid.parallel_chunks
     outs = {}
     for workers in (1, 2):
-        monkeypatch.setattr(deid, "parallel_chunks", lambda fn, n, w=workers: parallel(fn, n, workers=w))
+        monkeypatch.setattr(deid, "parallel_chunks", lambda fn, n, _w, w=workers: parallel(fn, n, workers=w))
         torch.manual_seed(0)  # the camera noise is drawn before the split: the same for both
         outs[workers] = Deidentifier("anonymizer", model=shipped_model, seed=1)(frames, tracks)
     for a, b in zip(outs[1], outs[2]):
@@ -216,3 +216,6 @@ def test_parallel_chunks_covers_every_item_in_order():
     torch.testing.assert_close(seen, torch.arange(10) * 2)
     assert parallel_chunks(lambda ix: torch.arange(1)[ix], 1, workers=4).tolist() == [0]
     assert split(10, 3) == [slice(0, 4), slice(4, 8), slice(8, 10)] and split(0, 2) == []
+    from video.parallel import cpu_workers
+
+    assert cpu_workers("cpu") == torch.get_num_threads() and cpu_workers("meta") == 1  # a GPU batch stays whole
