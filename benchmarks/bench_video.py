@@ -1,7 +1,8 @@
 """Video de-identification: speed (batched vs frame by frame) and the DRSF table of every method side by side.
 
 1. Speed: a 640 x 480 video with one real face (48 frames), the whole ``--mode video`` chain (detect + track,
-   de-identify with the shipped anonymizer, encode) with ``--batch_size 16`` against ``--batch_size 1``, on
+   de-identify with the shipped anonymizer, encode) with ``--batch_size 16`` against ``--batch_size 1``
+   (``--speed_rounds`` round-robin pairs, medians), on
    ``--threads`` torch threads (2 = the project's CPU budget). The load average is printed with it: the
    machine is shared, and absolute frames/s depend on it.
 2. Quality: on the 60-frame 320 x 240 test video (the one tests/video builds) and a longer 640 x 480 one
@@ -64,26 +65,36 @@ def args_for(inp: Path, out: Path | None, method: str, level: int | None, batch:
                               num_refs=None)
 
 
-def speed(tmp: Path, face: np.ndarray, frames: int) -> dict:
+def speed(tmp: Path, face: np.ndarray, frames: int, rounds: int = 3) -> dict:
+    """Frames/s of the whole run, frame by frame and batched, timed round robin (``rounds`` pairs, so that a
+    changing machine load hits both alike): medians over the rounds and the median of the per-round ratios."""
     from pipelines import video as video_mode
 
     src = make_video(tmp / "speed_640.mp4", face, frames, 640, 480, 1.8)
-    res = {"frames": frames, "size": "640x480", "threads": torch.get_num_threads()}
+    res = {"frames": frames, "size": "640x480", "threads": torch.get_num_threads(), "rounds": rounds}
     # warm-up on 4 frames: the first run in a process pays the imports (torch, kornia, dlib: ~15 s), which
     # would otherwise be charged to whichever configuration is timed first
     warm = make_video(tmp / "speed_warmup.mp4", face, 4, 640, 480, 1.8)
     for batch in (1, 16):
         video_mode.run(args_for(warm, tmp / f"speed_warmup_{batch}.mp4", "anonymizer", None, batch))
+    runs: dict[str, list[dict]] = {"frame_by_frame": [], "batched": []}
+    for _ in range(rounds):
+        for label, batch in (("frame_by_frame", 1), ("batched", 16)):
+            load0 = os.getloadavg()[0]
+            t0 = time.perf_counter()
+            stats = video_mode.run(args_for(src, tmp / f"speed_{label}.mp4", "anonymizer", None, batch))
+            wall = time.perf_counter() - t0
+            runs[label].append({"frames_per_s": frames / wall, "seconds": wall,
+                                "deid_pass_frames_per_s": stats["deid_frames_per_s"],
+                                "detect_pass_frames_per_s": stats["detect_frames_per_s"], "load_avg_before": load0})
     for label, batch in (("frame_by_frame", 1), ("batched", 16)):
-        load0 = os.getloadavg()[0]
-        t0 = time.perf_counter()
-        stats = video_mode.run(args_for(src, tmp / f"speed_{label}.mp4", "anonymizer", None, batch))
-        wall = time.perf_counter() - t0
-        res[label] = {"batch_size": batch, "frames_per_s": frames / wall, "seconds": wall,
-                      "deid_pass_frames_per_s": stats["deid_frames_per_s"],
-                      "detect_pass_frames_per_s": stats["detect_frames_per_s"],
-                      "load_avg_before": load0, "load_avg_after": os.getloadavg()[0]}
-    res["ratio_batched_vs_frame_by_frame"] = res["batched"]["frames_per_s"] / res["frame_by_frame"]["frames_per_s"]
+        res[label] = {"batch_size": batch, "runs": runs[label],
+                      **{k: float(np.median([r[k] for r in runs[label]]))
+                         for k in ("frames_per_s", "deid_pass_frames_per_s", "detect_pass_frames_per_s",
+                                   "load_avg_before")}}
+    ratios = [b["frames_per_s"] / f["frames_per_s"] for f, b in zip(runs["frame_by_frame"], runs["batched"])]
+    res["ratios_per_round"] = ratios
+    res["ratio_batched_vs_frame_by_frame"] = float(np.median(ratios))
     return res
 
 
@@ -175,6 +186,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--speed_frames", type=int, default=48)
+    p.add_argument("--speed_rounds", type=int, default=3, help="round-robin pairs of speed runs (medians)")
     p.add_argument("--long_frames", type=int, default=150)
     p.add_argument("--out", default="results/bench_video")
     p.add_argument("--figures", default=None, help="folder for video_frames.png / video_metrics.png (e.g. docs)")
@@ -195,11 +207,12 @@ def main() -> None:
     faces = held_out_faces()
     result = {"load_avg_start": os.getloadavg(), "threads": a.threads, "cpu_count": os.cpu_count()}
     if not a.skip_speed:
-        result["speed"] = speed(tmp, faces[1], a.speed_frames)
+        result["speed"] = speed(tmp, faces[1], a.speed_frames, a.speed_rounds)
         s = result["speed"]
         print(f"speed 640x480 ({a.threads} threads): batched {s['batched']['frames_per_s']:.2f} frames/s, "
               f"frame by frame {s['frame_by_frame']['frames_per_s']:.2f} frames/s, "
-              f"ratio {s['ratio_batched_vs_frame_by_frame']:.2f}x (load {s['batched']['load_avg_before']:.1f}); "
+              f"ratio {s['ratio_batched_vs_frame_by_frame']:.2f}x (median of {s['rounds']} round-robin pairs: "
+              f"{', '.join(f'{r:.2f}' for r in s['ratios_per_round'])}; load {s['batched']['load_avg_before']:.1f}); "
               f"detect pass {s['batched']['detect_pass_frames_per_s']:.2f} vs "
               f"{s['frame_by_frame']['detect_pass_frames_per_s']:.2f} frames/s, de-identification pass "
               f"{s['batched']['deid_pass_frames_per_s']:.2f} vs {s['frame_by_frame']['deid_pass_frames_per_s']:.2f}",

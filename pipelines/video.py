@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import logging
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +148,7 @@ def run(args: argparse.Namespace) -> dict:
     from video.attributes import LandmarkExtractor, save_attributes
     from video.extract import chunks, detect_tracks, extract_file
     from video.io import VideoWriter, probe, read_frames
+    from video.parallel import prefetch
     from video.tracking import FrameDetector, smooth_tracks
 
     start = time.perf_counter()
@@ -172,12 +174,19 @@ def run(args: argparse.Namespace) -> dict:
         aligned = smooth_tracks(tracks, SMOOTHING)
         t0 = time.perf_counter()
         with VideoWriter(args.output, info.fps, info.width, info.height, audio_from=args.input) as writer, \
-                tqdm(total=len(tracks), desc=f"de-identify ({args.method})", unit="frame") as bar:
-            for batch in chunks(read_frames(args.input), args.batch_size):
-                for frame in deid(batch, aligned[done:done + len(batch)]):
-                    writer.write(frame)
+                tqdm(total=len(tracks), desc=f"de-identify ({args.method})", unit="frame") as bar, \
+                ThreadPoolExecutor(max_workers=1, thread_name_prefix="encode") as encoder:
+            # decoding the next batch and encoding the last one overlap with this batch's de-identification
+            encoded = None
+            for batch in prefetch(chunks(read_frames(args.input), args.batch_size)):
+                out = deid(batch, aligned[done:done + len(batch)])
+                if encoded is not None:
+                    encoded.result()  # in order, one batch at a time; re-raises an encoder error here
+                encoded = encoder.submit(lambda frames: [writer.write(f) for f in frames], out)
                 done += len(batch)
                 bar.update(len(batch))
+            if encoded is not None:
+                encoded.result()
         if done != len(tracks):
             raise RuntimeError(f"{args.input}: {done} frames in pass 2 but {len(tracks)} in pass 1")
         stats["deid_frames_per_s"] = done / max(time.perf_counter() - t0, 1e-9)

@@ -10,6 +10,7 @@ from tqdm import tqdm
 
 from video.attributes import FaceAttributes, LandmarkExtractor, extract_attributes
 from video.io import probe, read_frames
+from video.parallel import prefetch
 from video.tracking import FrameDetector, TrackedFace, track_faces
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ def detect_tracks(path: str | os.PathLike, detector: FrameDetector, iou_threshol
     info = probe(path)
     dets = []
     with tqdm(total=info.num_frames or None, desc=desc, unit="frame") as bar:
-        for batch in chunks(read_frames(path), detector.batch_size):
+        for batch in prefetch(chunks(read_frames(path), detector.batch_size)):
             dets.extend(detector.detect(batch))
             bar.update(len(batch))
     return track_faces(dets, iou_threshold=iou_threshold, max_misses=max_misses)

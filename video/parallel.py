@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 import torch
 
@@ -68,3 +68,17 @@ def parallel_map(fn: Callable[[slice], T], n: int, workers: int | None = None) -
 def parallel_chunks(fn: Callable[[slice], torch.Tensor], n: int, workers: int | None = None) -> torch.Tensor:
     """``torch.cat`` of :func:`parallel_map`'s tensors: ``fn(part)`` is (len(part), ...)."""
     return torch.cat(parallel_map(fn, n, workers))
+
+
+def prefetch(items: Iterator[T]) -> Iterator[T]:
+    """``items`` with the next one produced on a background thread while the caller works on the current one
+    (e.g. decoding the next batch of frames while this one is computed; PyAV releases the GIL while it decodes)."""
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="prefetch") as ex:
+        done = object()
+        future = ex.submit(next, items, done)
+        while True:
+            item = future.result()
+            if item is done:
+                return
+            future = ex.submit(next, items, done)
+            yield item

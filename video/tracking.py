@@ -87,12 +87,14 @@ class FrameDetector:
         out: list[list[Face]] = []
         for start in range(0, len(frames), self.batch_size):
             chunk = np.stack([np.asarray(f) for f in frames[start:start + self.batch_size]])
-            batch = chunk.astype(np.float32) * (1.0 if chunk.dtype == np.uint8 else 255.0)
-            frames_t = torch.as_tensor(batch, device=self.device)
-            found = [f for part in parallel_map(
-                lambda ix: detect_faces(frames_t[ix], m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
-                                        thresholds=m.thresholds, factor=m.factor), len(frames_t),
-                cpu_workers(self.device)) for f in part]
+            scale = 1.0 if chunk.dtype == np.uint8 else 255.0
+
+            def detect_part(ix: slice):  # each worker converts its own frames to float (0..255)
+                part = torch.as_tensor(chunk[ix].astype(np.float32) * scale, device=self.device)
+                return detect_faces(part, m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
+                                    thresholds=m.thresholds, factor=m.factor)
+
+            found = [f for part in parallel_map(detect_part, len(chunk), cpu_workers(self.device)) for f in part]
             for boxes, points in found:
                 faces = [Face(np.asarray(b[:4], np.float64), float(b[4]), np.asarray(p, np.float64))
                          for b, p in zip(boxes, points) if b[4] >= self.min_score]

@@ -219,3 +219,19 @@ def test_parallel_chunks_covers_every_item_in_order():
     from video.parallel import cpu_workers
 
     assert cpu_workers("cpu") == torch.get_num_threads() and cpu_workers("meta") == 1  # a GPU batch stays whole
+
+
+def test_prefetch_keeps_order_and_raises_the_source_error():
+    from video.parallel import prefetch
+
+    assert list(prefetch(iter(range(5)))) == [0, 1, 2, 3, 4] and list(prefetch(iter([]))) == []
+
+    def broken():
+        yield 1
+        raise ValueError("corrupt frame 2")
+
+    got = []
+    with pytest.raises(ValueError, match="corrupt frame 2"):
+        for x in prefetch(broken()):
+            got.append(x)
+    assert got == [1]
