@@ -109,18 +109,11 @@ def build_deidentifier(args: argparse.Namespace, device: torch.device):
         nets, camera, regressor, meta = load_anonymizer(ckpt, device=device, noise=not args.no_noise,
                                                         psf=measured_psf(args.psf))
         size = int(meta["model"]["img_size"])
-        points = None
-        if args.method == "capture":
-            refs, folder = torch.zeros(1, 3, size, size), None
-        else:
-            from anonymizer.stage1.teacher import LandmarkTeacher
-
-            refs, folder, files = reference_pool(args.ref_dir, size, args.ref_pick, args.num_refs)
-            # the teacher's disk cache (keyed by file): dlib is loaded only for references never seen before
-            points = torch.from_numpy(LandmarkTeacher("dlib").landmarks_for_files(files, size).landmarks)
+        refs, folder, files = (reference_pool(args.ref_dir, size, args.ref_pick, args.num_refs)
+                               if args.method != "capture" else (torch.zeros(1, 3, size, size), None, None))
         log.info("Stage II model %s (%d px); %d reference(s)%s", meta["path"], size, len(refs),
                  f" from {folder}" if folder else "")
-        model = Anonymizer(nets, camera, regressor, refs.to(device), size, points)
+        model = Anonymizer(nets, camera, regressor, refs.to(device), size, files)
     if args.attack_epsilon <= 0 or args.attack_steps < 1:
         raise ValueError(f"--attack_epsilon must be > 0 and --attack_steps >= 1, got {args.attack_epsilon}, "
                          f"{args.attack_steps}")

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -201,13 +202,12 @@ def paste_faces(frames: Sequence[np.ndarray], frame_idx: Sequence[int], matrices
     from kornia.geometry.transform import warp_affine
 
     out = list(frames)
-    copied: set[int] = set()
     size = faces.shape[-1]
     for k, (i, m, region) in enumerate(zip(frame_idx, matrices, regions)):
         if region is None:
             continue
-        if i not in copied:
-            out[i], copied = np.array(frames[i], copy=True), copied | {i}
+        if out[i] is frames[i]:  # the first face of this frame: write into a copy
+            out[i] = np.array(frames[i], copy=True)
         x0, y0, x1, y1 = region
         inv = torch.from_numpy(np.linalg.inv(_shift(m, x0, y0))[:2]).float().to(faces.device)[None]
         dsize = (y1 - y0, x1 - x0)
@@ -256,8 +256,8 @@ class Anonymizer:
         nets: EMA networks; camera: the privacy camera; regressor: the frozen heatmap regressor.
         refs: (R, 3, S, S) in [0, 1] aligned reference faces (public people, one picked per track).
         img_size: S [px], the model's side.
-        ref_points: optional (R, 68, 2) dlib landmarks of the references [px] (NaN rows: no face), e.g. from the
-            teacher's disk cache; None: found on first use.
+        ref_files: optional image file of each reference: its dlib landmarks are then read from (or written to)
+            the teacher's disk cache when the reference is first used; None: dlib runs on the tensor.
     """
 
     nets: nn.Module
@@ -265,7 +265,7 @@ class Anonymizer:
     regressor: nn.Module
     refs: torch.Tensor
     img_size: int
-    ref_points: torch.Tensor | None = None
+    ref_files: Sequence[Path] | None = None
 
 
 class Deidentifier:
@@ -392,11 +392,14 @@ class Deidentifier:
         if self.method == "anonymizer" and not getattr(self.model.nets.generator, "reference_input", False):
             return None
         missing = sorted(set(which) - set(self._ref_points))
-        if missing and self.model.ref_points is not None:
-            self._ref_points.update((i, self.model.ref_points[i]) for i in missing)
+        if missing and self.model.ref_files is not None:  # the teacher's disk cache: dlib only for unseen files
+            from anonymizer.stage1.teacher import LandmarkTeacher
+
+            found = LandmarkTeacher("dlib").landmarks_for_files([self.model.ref_files[i] for i in missing],
+                                                                 self.model.img_size).landmarks
+            self._ref_points.update(zip(missing, torch.from_numpy(found)))
         elif missing:
             from anonymizer.stage2.sampling import reference_landmarks
 
-            for i, pts in zip(missing, reference_landmarks(self.model.refs[missing])):
-                self._ref_points[i] = pts
+            self._ref_points.update(zip(missing, reference_landmarks(self.model.refs[missing])))
         return torch.stack([self._ref_points[i] for i in which]).to(self.device, torch.float32)

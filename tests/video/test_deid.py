@@ -235,3 +235,19 @@ def test_prefetch_keeps_order_and_raises_the_source_error():
         for x in prefetch(broken()):
             got.append(x)
     assert got == [1]
+
+
+def test_reference_landmarks_from_the_teacher_cache_equal_dlib_on_the_tensor(shipped_model, tmp_path, monkeypatch):
+    """With the references' files, their landmarks come from the teacher's disk cache (filled on first use) and
+    equal dlib run on the loaded reference tensors."""
+    from dataclasses import replace
+
+    from pipelines.video import load_refs
+
+    monkeypatch.setenv("FACE_DEID_CACHE", str(tmp_path))
+    refs, _, files = load_refs(None, shipped_model.img_size, limit=3)
+    direct = Deidentifier("reference-warp", model=replace(shipped_model, refs=refs))._reference_points([2, 0])
+    for _ in range(2):  # the second reads the cache written by the first
+        cached = Deidentifier("reference-warp", model=replace(shipped_model, refs=refs, ref_files=files))
+        torch.testing.assert_close(cached._reference_points([2, 0]), direct, atol=1e-4, rtol=0)
+    assert len(list(tmp_path.rglob("*.npz"))) == 2  # only the two references used were detected
