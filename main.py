@@ -65,6 +65,11 @@ def _add_optics(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--object_distance", type=_float_or_inf, default=None,
                    help="override the lens file's object distance [m] (inf allowed)")
     g.add_argument("--no_noise", action="store_true", help="disable sensor noise in captures")
+    g.add_argument("--sensor", default=None, choices=["color", "mono"],
+                   help="simulate / train_optics / eval: a colour sensor or a monochrome one (no colour filter: the "
+                        "bands summed with optics.sensor.MONO_RESPONSE, one value in every channel); default: a "
+                        "checkpoint's own sensor, else colour. Stage II and video take the sensor of their "
+                        "checkpoints")
 
 
 def _add_hardware(parser: argparse.ArgumentParser) -> None:

@@ -15,7 +15,9 @@ compute, and steals raw captures after noise and ADC):
   identity-band loss, cosine-decayed).
 * Re-identification: dlib ResNet embeddings; probe = the attacked capture of person i, aligned with the clean
   photo's own dlib landmarks (an upper bound on the attacker's alignment); gallery = the clean photos of all
-  held-out people (chance 1/N) and, the large gallery, held-out + every training face as distractors. y = the
+  held-out people (chance 1/N) and, the large gallery, held-out + every training face as distractors. For a
+  monochrome camera (``+mono``) every attack is also scored against the galleries greyed with the sensor's band
+  response (an attacker who knows the sensor compares grey with grey). y = the
   largest held-out rank-1 over the attacks ("after the strongest attack"); rank-5 and the large gallery are in
   the table too.
 
@@ -124,7 +126,16 @@ def stop_lens(radius_um: float, quantize_levels: int = 0):
 def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Module, dict]:
     """(label, camera, Stage I overrides) of a camera spec; ``<spec>@<photons>`` sets the sensor's photons per
     pixel at white (default SensorConfig: 20000), e.g. ``stop80@32`` = the stop with the light of the face-deid
-    camera's exposure scaled by the aperture area."""
+    camera's exposure scaled by the aperture area; ``<spec>+mono`` images through a monochrome sensor
+    (optics.sensor.MONO_RESPONSE), e.g. ``lowres16+mono``, ``ckpt:checkpoints/stage1_optics.ckpt+mono``."""
+    if spec.endswith("+mono"):
+        from dataclasses import replace
+
+        from optics.sensor import MONO_RESPONSE
+
+        label, camera, overrides = build(spec[:-len("+mono")], img_size, quantize_levels)
+        camera.sensor = Sensor(replace(camera.sensor.config, mono_response=list(MONO_RESPONSE)))
+        return f"{label}, monochrome sensor", camera, overrides
     if "@" in spec:
         from optics.sensor import SensorConfig
 
@@ -164,7 +175,7 @@ def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Modul
         return (f"adversarial lens (w={w:g})", Camera(face_deid_lens(quantize_levels), noise=True),
                 {"lambda_privacy": 1.0, "lambda_adv": w})
     if spec.startswith("ckpt:"):
-        from pipelines.common import load_optic
+        from pipelines.common import lens_sensor, load_optic
 
         from data.checkpoint import load_checkpoint
 
@@ -178,7 +189,10 @@ def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Modul
             label = f"adversarial lens (w={w:g}, {where})"
         else:
             label = f"frequency-band lens ({where})"
-        return label, Camera(load_optic(path), noise=True), {"freeze_lens": True}
+        sensor = lens_sensor(path)  # the checkpoint's own sensor (colour / monochrome)
+        if sensor.mono_response is not None:
+            label += ", monochrome sensor"
+        return label, Camera(load_optic(path), sensor=sensor, noise=True), {"freeze_lens": True}
     raise ValueError(f"unknown camera {spec!r}")
 
 
@@ -225,7 +239,8 @@ def run_camera(spec: str, a: argparse.Namespace, train: FaceLandmarkSet, val: Fa
     utility = trainer.evaluate(val)
     with torch.no_grad():
         psf = trainer.capture_psf()
-    frozen = Camera(psf.detach().float(), noise=True) if psf is not None else camera
+    # the attacked captures come from the same sensor (photons, colour / monochrome) as Stage I's
+    frozen = Camera(psf.detach().float(), sensor=camera.sensor.config, noise=True) if psf is not None else camera
     frozen.requires_grad_(False)
     clean_train = train.batch(range(len(train)))[0]
     clean_val = val.batch(range(len(val)))[0]
@@ -234,7 +249,7 @@ def run_camera(spec: str, a: argparse.Namespace, train: FaceLandmarkSet, val: Fa
         captures = _numpy(capture_with(frozen, clean_val, gen, frozen.psf() if psf is not None else None))
     attacked = {"capture": captures}
     if psf is not None:
-        p = psf.detach().cpu().numpy()
+        p = frozen.recorded_psf().detach().cpu().numpy()  # a monochrome capture is deconvolved with its own PSF
         if "wiener" in a.attacks:
             attacked["wiener"] = [wiener_attack(c, p) for c in captures]
         if "rl" in a.attacks:
@@ -245,9 +260,12 @@ def run_camera(spec: str, a: argparse.Namespace, train: FaceLandmarkSet, val: Fa
     ids = list(range(len(val)))
     lms = _landmarks(val)
     attacks = {}
+    grey = _grey_gallery(camera, embedder, gallery, train, val, lms)
     for name, images in attacked.items():
         probes = embedder.embed(images, lms)
         attacks[name] = gallery_reid(probes, ids, gallery["val"], ids, gallery["train"])
+        if grey is not None:  # the attacker who knows the sensor is monochrome also greys its gallery
+            attacks[f"{name}, grey gallery"] = gallery_reid(probes, ids, grey["val"], ids, grey["train"])
     strongest = max(attacks, key=lambda k: attacks[k]["heldout"]["rank1"])
     row = {"camera": spec, "label": label, "nme": utility["nme"], "heatmap_loss": utility["heatmap"],
            "adversary_identity_correlation": utility["adversary_identity_correlation"], "attacks": attacks,
@@ -263,6 +281,25 @@ def run_camera(spec: str, a: argparse.Namespace, train: FaceLandmarkSet, val: Fa
     log.info("%s: NME %.4f, rank-1 %.3f after %s (large gallery %.3f), %.0f s", label, row["nme"], row["rank1"],
              strongest, row["rank1_large"], row["seconds"])
     return row
+
+
+def _grey_gallery(camera: nn.Module, embedder, gallery: dict, train: FaceLandmarkSet, val: FaceLandmarkSet,
+                  lms: list) -> dict | None:
+    """For a monochrome camera: the galleries' clean photos through the sensor's band response (grey), embedded
+    (cached per response), else None."""
+    w = getattr(getattr(getattr(camera, "sensor", None), "config", None), "mono_response", None)
+    if w is None:
+        return None
+    key = ("grey", tuple(w))
+    if key not in gallery:
+        weights = torch.tensor(w) / sum(w)
+
+        def grey(data: FaceLandmarkSet) -> list[np.ndarray]:
+            clean = data.batch(range(len(data)))[0]
+            return _numpy(torch.einsum("bchw,c->bhw", clean, weights)[:, None].expand_as(clean))
+
+        gallery[key] = {"val": embedder.embed(grey(val), lms), "train": embedder.embed(grey(train), _landmarks(train))}
+    return gallery[key]
 
 
 def _save_lens(trainer: Stage1Trainer, folder: Path) -> Path:
@@ -401,7 +438,8 @@ def main(argv: list[str] | None = None) -> int:
               "mean_shape_nme": mean_shape_nme(train, val),
               "protocol": "probe = attacked capture of person i aligned with the clean photo's dlib landmarks; "
                           "gallery = clean photos of the held-out people (+ the training faces as distractors "
-                          "in the large gallery); rank-1 = max over attacks (capture, Wiener, RL, inverter)"}
+                          "in the large gallery; a monochrome camera's attacks also against the greyed galleries); rank-1 = "
+                          "max over attacks (capture, Wiener, RL, inverter)"}
     import json
 
     for path in [m.strip() for m in a.merge.split(",") if m.strip()]:

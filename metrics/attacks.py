@@ -238,7 +238,9 @@ def run_attacks(evaluator, camera: nn.Module, attacks: Sequence[str], inverter_i
 
     gen = torch.Generator().manual_seed(int(seed))
     with torch.no_grad():
-        psf = camera.psf().detach().cpu().numpy() if hasattr(camera, "psf") else None
+        # what each channel records (a monochrome capture's own PSF): the PSF a deconvolution attacker measures
+        psf_of = getattr(camera, "recorded_psf", getattr(camera, "psf", None))
+        psf = psf_of().detach().cpu().numpy() if psf_of is not None else None
         captures = [to_numpy(camera(to_tensor(im), generator=gen)) for im in evaluator.originals]
     if psf is None and ("wiener" in attacks or "rl" in attacks):
         raise ValueError("Wiener / Richardson-Lucy attacks need a camera with a PSF")

@@ -53,6 +53,17 @@ class Camera(nn.Module):
         """(C, h, w) PSF, each channel summing to 1."""
         return self.lens.psf() if self.lens is not None else self.fixed_psf
 
+    def recorded_psf(self, psf: torch.Tensor | None = None) -> torch.Tensor:
+        """(C, h, w) PSF of what each output channel records: the lens PSF per channel for a colour sensor; for a
+        monochrome sensor (``SensorConfig.mono_response``) the response-weighted sum of the bands' PSFs (the PSF
+        of a grey scene) in every channel, which is what a deconvolution attack on its captures should use."""
+        psf = self.psf() if psf is None else psf
+        w = self.sensor.config.mono_response
+        if w is None:
+            return psf
+        weights = torch.tensor(w, dtype=psf.dtype, device=psf.device) / sum(w)
+        return torch.einsum("chw,c->hw", psf, weights).expand_as(psf)
+
     def forward(self, image: torch.Tensor, noise: bool | None = None, psf: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:
         """Capture.

@@ -7,6 +7,13 @@ Signal chain for an irradiance image x in [0, 1] (1 = white):
     saturation  e = clamp(e, 0, full_well)
     ADC         digital = round(e / (photons_at_white * qe) * (2^bits - 1)) / (2^bits - 1), clamped to [0, 1]
                 with a straight-through gradient (1 inside the range, 0 where clipped).
+
+A colour sensor (the default) records each channel (the lens' wavelength bands R, G, B) in its own pixels: an
+ideal colour filter array, one noise draw per channel. A monochrome sensor (``SensorConfig.mono_response``: one
+relative response per band) has no colour filter: each pixel integrates every band, x = sum_c w_c x_c (weights
+normalised to sum 1, so white stays 1), and the one noisy, quantised value is written to every output channel
+(the capture keeps its (B, C, H, W) shape for every consumer). The light a colour filter would have absorbed is
+not credited (same photons at white): conservative for privacy, since less noise only helps an attacker.
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import math
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Optional, Sequence
 
 import torch
@@ -83,6 +90,8 @@ class SensorConfig:
         bit_depth: ADC bits; None = no quantisation.
         exact_poisson: sample exact Poisson shot noise (straight-through gradient) instead of the Gaussian
             approximation.
+        mono_response: None = colour sensor; a list of per-band relative responses (one per channel of the
+            irradiance, e.g. MONO_RESPONSE for R, G, B) = monochrome sensor (see the module docstring).
     """
     photons_at_white: float = 20000.0
     qe: float = 0.5
@@ -90,8 +99,16 @@ class SensorConfig:
     read_noise: float = 5.0
     bit_depth: Optional[int] = 8
     exact_poisson: bool = False
+    mono_response: Optional[list] = None
 
     def __post_init__(self) -> None:
+        if self.mono_response is not None:
+            w = self.mono_response
+            if (not isinstance(w, (list, tuple)) or not w or
+                    not all(isinstance(v, (int, float)) and math.isfinite(v) and v >= 0 for v in w) or sum(w) <= 0):
+                raise ValueError(f"sensor key 'mono_response' must be a list of finite responses >= 0 (one per "
+                                 f"band, not all 0), got {w!r}")
+            self.mono_response = [float(v) for v in w]
         for key in ("photons_at_white", "full_well"):
             if not getattr(self, key) > 0:
                 raise ValueError(f"sensor key '{key}' must be > 0, got {getattr(self, key)!r}")
@@ -110,6 +127,37 @@ class SensorConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @classmethod
+    def from_state(cls, state: dict | None, source: str = "checkpoint") -> "SensorConfig":
+        """The sensor a checkpoint records under its "sensor" key (older checkpoints, without one: the default
+        colour sensor)."""
+        entry = (state or {}).get("sensor")
+        if entry is None:
+            return cls()
+        if not isinstance(entry, dict):
+            raise ValueError(f"{source}: 'sensor' must be a dict of SensorConfig keys, got {type(entry).__name__}")
+        unknown = sorted(set(entry) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise ValueError(f"{source}: unknown sensor keys {unknown}")
+        return cls(**entry)
+
+
+def sensor_config(kind: str | None, base: "SensorConfig | None" = None) -> "SensorConfig":
+    """``base`` (default SensorConfig()) as a colour (``kind`` "color") or monochrome ("mono": MONO_RESPONSE)
+    sensor; ``kind`` None keeps ``base``."""
+    base = base or SensorConfig()
+    if kind is None:
+        return base
+    if kind not in ("color", "mono"):
+        raise ValueError(f"sensor must be 'color' or 'mono', got {kind!r}")
+    return replace(base, mono_response=list(MONO_RESPONSE) if kind == "mono" else None)
+
+
+MONO_RESPONSE = [0.60, 0.75, 0.65]
+"""Relative response of a generic monochrome silicon CMOS sensor (no colour filter, microlenses) at the presets'
+bands 640 / 550 / 440 nm (R, G, B): quantum efficiency read off typical published curves of front- and
+back-illuminated mono sensors, which peak near 500-550 nm. Normalised to sum 1 where used."""
 
 
 def quantize_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
@@ -248,6 +296,8 @@ class Sensor(nn.Module):
             (B, C, H, W) digital values in [0, 1].
         """
         cfg = self.config
+        if cfg.mono_response is not None:
+            return self._mono(irradiance, noise, generator)
         levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)
         if noise and not cfg.exact_poisson:
             eps = standard_normal(irradiance.shape, generator, irradiance.dtype, irradiance.device)
@@ -264,3 +314,15 @@ class Sensor(nn.Module):
         if cfg.bit_depth is None:
             return x.clamp(0.0, 1.0)
         return quantize_ste(x, cfg.bit_depth)
+
+    def _mono(self, irradiance: torch.Tensor, noise: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """Monochrome capture: the bands summed with the normalised response, one channel through the colour
+        chain, written to every channel (an expanded view)."""
+        w = self.config.mono_response
+        if irradiance.ndim != 4 or irradiance.shape[1] != len(w):
+            raise ValueError(f"a monochrome sensor with {len(w)} band responses needs (B, {len(w)}, H, W) "
+                             f"irradiance, got shape {tuple(irradiance.shape)}")
+        weights = torch.tensor(w, dtype=irradiance.dtype, device=irradiance.device) / sum(w)
+        gray = torch.einsum("bchw,c->bhw", irradiance, weights)[:, None]
+        colour = Sensor(replace(self.config, mono_response=None))
+        return colour(gray, noise=noise, generator=generator).expand_as(irradiance)

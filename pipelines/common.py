@@ -139,14 +139,27 @@ def load_optic(lens: str = "face-deid", psf: str | None = None, quantize_levels:
     return optic
 
 
+def lens_sensor(lens: str):
+    """The optics.sensor.SensorConfig a Stage I / II checkpoint ``lens`` records (None for a preset or YAML)."""
+    from optics.sensor import SensorConfig
+
+    if not is_checkpoint_file(lens):
+        return None
+    from data.checkpoint import load_checkpoint
+
+    return SensorConfig.from_state(load_checkpoint(lens), str(lens))
+
+
 def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = True,
                  object_distance: float | None = None, img_size: int | None = None,
-                 quantize_levels: int | None = None, trainable: bool = False):
+                 quantize_levels: int | None = None, trainable: bool = False, sensor: str | None = None):
     """The camera of every mode that images faces (:func:`load_optic` + optional binning to the image grid).
 
     Args:
         lens, psf, quantize_levels, object_distance, trainable: as :func:`load_optic`.
         noise: sensor noise on.
+        sensor: "color" or "mono" (optics.sensor.sensor_config); None = a checkpoint's own sensor (Stage I and II
+            checkpoints record it), else the colour sensor.
         img_size: side [px] of the face crops this camera images. Below the reference sensor side (256) the
             PSF is sum-binned to that grid (``optics.binning.capture_psf``), as in training, so the blur covers
             the same fraction of the face (the camera then holds a fixed PSF); None images at the sensor pitch
@@ -157,6 +170,7 @@ def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = 
     """
     from optics.binning import capture_psf, psf_binning
     from optics.camera import Camera
+    from optics.sensor import sensor_config
 
     optic = load_optic(lens, psf, quantize_levels, object_distance, trainable)
     if img_size is not None:
@@ -164,7 +178,8 @@ def build_camera(lens: str = "face-deid", psf: str | None = None, noise: bool = 
         if factor > 1:  # factor 1 keeps the lens itself (capture_psf would return its PSF unchanged)
             optic = capture_psf(Camera(optic).psf().detach().float(), img_size)
             log.info("camera: PSF binned x%d to the %d px image grid", factor, img_size)
-    camera = Camera(optic, noise=noise)
+    camera = Camera(optic, sensor=sensor_config(sensor, lens_sensor(lens) if psf is None else None), noise=noise)
+    log.info("camera: %s sensor", "monochrome" if camera.sensor.config.mono_response else "colour")
     if not trainable:
         camera.requires_grad_(False)
     return camera

@@ -100,7 +100,7 @@ def attack_camera(args: argparse.Namespace, originals: list[np.ndarray]):
         raise ValueError(f"the attacks capture the originals through one camera: they must share one size, got "
                          f"{', '.join(f'{w}x{h}' for h, w in shapes)}")
     return build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance,
-                        img_size=max(shapes[0]))
+                        img_size=max(shapes[0]), sensor=args.sensor)
 
 
 def run(args: argparse.Namespace) -> None:

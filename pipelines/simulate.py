@@ -91,7 +91,8 @@ def run(args: argparse.Namespace) -> None:
     out = Path(args.out)
     seed_everything(args.seed)
     device = resolve_device(args.device)
-    camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance)
+    camera = build_camera(args.lens, args.psf, noise=not args.no_noise, object_distance=args.object_distance,
+                          sensor=args.sensor)
     camera.to(device)
     lens = camera.lens
     with torch.no_grad():

@@ -68,7 +68,7 @@ def build_stage1_camera(args: argparse.Namespace):
     from optics.quantize import FabricatedLens, QuantizedLens, default_quantize_range
 
     camera = build_camera(args.lens, args.psf, noise=True, object_distance=args.object_distance,
-                          quantize_levels=args.quantize_levels, trainable=True)
+                          quantize_levels=args.quantize_levels, trainable=True, sensor=args.sensor)
     lens = camera.lens
     if type(lens) is QuantizedLens:
         # a checkpoint trained with the older pupil-sample quantiser keeps its levels and range, now through the
@@ -78,7 +78,7 @@ def build_stage1_camera(args: argparse.Namespace):
             config = config.replace(height_range=list(default_quantize_range(config)))
         fixed = FabricatedLens(config, lens.levels, lens.h_range)
         fixed.load_state_dict(lens.state_dict())
-        camera = Camera(fixed.requires_grad_(True), noise=True)
+        camera = Camera(fixed.requires_grad_(True), sensor=camera.sensor.config, noise=True)
     return camera
 
 

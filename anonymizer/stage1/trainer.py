@@ -221,6 +221,11 @@ class Stage1Trainer:
                 self._fixed_psf = capture_psf(self.camera.psf(), self.cfg.img_size)
         return self._fixed_psf
 
+    def _recorded(self, psf: torch.Tensor) -> torch.Tensor:
+        """The PSF each capture channel records (a monochrome sensor: the response-weighted PSF; the PSF a
+        Wiener attacker deconvolves with)."""
+        return self.camera.recorded_psf(psf) if hasattr(self.camera, "recorded_psf") else psf
+
     def _capture(self, images: torch.Tensor, psf: torch.Tensor | None, generator: torch.Generator) -> torch.Tensor:
         if psf is None:
             return self.camera(images, generator=generator)
@@ -262,7 +267,8 @@ class Stage1Trainer:
                 total = total + cfg.lambda_adv * l_adv
         if cfg.lambda_wiener > 0 and psf is not None:
             # the attacker who knows the PSF deconvolves: the lens is also charged for what Wiener restores
-            l_wiener = adversarial_privacy_loss(wiener_deconvolve(capture, psf), images, tuple(cfg.identity_band))
+            l_wiener = adversarial_privacy_loss(wiener_deconvolve(capture, self._recorded(psf)), images,
+                                                tuple(cfg.identity_band))
             parts["adv_wiener"] = l_wiener
             if self.train_lens:
                 total = total + cfg.lambda_wiener * l_wiener
@@ -344,7 +350,7 @@ class Stage1Trainer:
                                             tuple(self.cfg.identity_band)).cpu().tolist()
                 self.adversary.train()
             if psf is not None:
-                rho_w += identity_correlation(wiener_deconvolve(capture, psf), images,
+                rho_w += identity_correlation(wiener_deconvolve(capture, self._recorded(psf)), images,
                                               tuple(self.cfg.identity_band)).cpu().tolist()
             if self.cfg.heatmap_mode == "landmarks":
                 nme = landmark_nme(soft_argmax(pred), torch.nan_to_num(landmarks))
@@ -394,6 +400,7 @@ class Stage1Trainer:
             "lens": {k: v.detach().cpu() for k, v in lens.state_dict().items()} if lens is not None else None,
             "quantize": quant,
             "psf": psf,
+            "sensor": self.camera.sensor.config.to_dict() if hasattr(self.camera, "sensor") else None,
             "psf_binning": psf_binning(cfg.img_size),
             "regressor_config": dict(self.regressor.config),
             "regressor": {k: v.detach().cpu() for k, v in self.regressor.state_dict().items()},
@@ -460,7 +467,8 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
     Returns:
         (optic, regressor, meta): optic is the trained Lens (a QuantizedLens when trained quantised) or, for a
         run on a measured PSF, that (C, h, w) PSF tensor (both accepted by optics.camera.Camera); meta holds
-        "heatmap", "psf_binning", "step", "args", "lens_config", "quantize", "stage1_config". The PSF of the
+        "heatmap", "psf_binning", "step", "args", "lens_config", "quantize", "stage1_config", "sensor" (the
+        SensorConfig dict; None in older checkpoints: the colour sensor). The PSF of the
         captures the regressor was trained on is ``anonymizer.stage1.losses.capture_psf(Camera(optic).psf(),
         meta["heatmap"]["img_size"])``.
 
@@ -483,5 +491,5 @@ def load_optics_checkpoint(path: str | Path, map_location: str | torch.device = 
     regressor.load_state_dict(state["regressor"])
     regressor.requires_grad_(False).eval()
     meta = {k: state.get(k) for k in ("step", "args", "lens_config", "quantize", "heatmap", "psf_binning",
-                                      "stage1_config")}
+                                      "stage1_config", "sensor")}
     return optic, regressor, meta

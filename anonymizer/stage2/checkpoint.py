@@ -6,6 +6,7 @@
     {version, step, args: plain dict of the run's flags (+ "domains"),
      model: build_model kwargs (MODEL_KEYS), nets, nets_ema, optims, rng,
      psf: (C, h, w) the ONE fixed capture PSF the generator was trained with,
+     sensor: its optics.sensor.SensorConfig dict (colour / monochrome; absent in older files: colour),
      regressor_config, regressor: the frozen Stage I heatmap regressor,
      heatmap: Stage I heatmap metadata, optics: {"source": where the PSF / regressor came from}}
 
@@ -42,6 +43,7 @@ def stage2_state(solver: Any, regressor: nn.Module, heatmap: dict[str, Any], sou
     """Checkpoint payload of a :class:`anonymizer.stage2.solver.Solver` at ``step`` (finished iterations)."""
     return {"version": STAGE2_VERSION, "step": int(step), "args": args, "model": dict(solver.nets.config),
             **solver.state(), "psf": solver.psf.detach().float().cpu().clone(),
+            "sensor": solver.camera.sensor.config.to_dict(),
             "regressor_config": dict(regressor.config),
             "regressor": {k: v.detach().cpu() for k, v in regressor.state_dict().items()},
             "heatmap": dict(heatmap), "optics": {"source": str(source)}}
@@ -101,13 +103,14 @@ def build_camera_and_regressor(state: dict[str, Any], noise: bool = True, psf: t
     the sensor pitch replacing the stored one, binned to the model's grid)."""
     from anonymizer.stage1.shape import build_regressor
     from optics.camera import Camera
+    from optics.sensor import SensorConfig
 
     fixed = state["psf"].float()
     if psf is not None:
         from optics.binning import capture_psf
 
         fixed = capture_psf(psf.float(), int(state["model"]["img_size"]))
-    camera = Camera(fixed, noise=noise).requires_grad_(False).eval().to(device)
+    camera = Camera(fixed, sensor=SensorConfig.from_state(state), noise=noise).requires_grad_(False).eval().to(device)
     regressor = build_regressor(state["regressor_config"])
     regressor.load_state_dict(state["regressor"])
     return camera, regressor.requires_grad_(False).eval().to(device)
@@ -120,6 +123,8 @@ def restore_training(solver: Any, regressor: nn.Module, state: dict[str, Any], p
     Raises:
         ValueError: the PSF differs in shape or values, or the regressor's weights differ (names the file).
     """
+    from optics.sensor import SensorConfig
+
     psf = state.get("psf")
     if psf is None:
         raise ValueError(f"{path}: no 'psf' entry; cannot check the optics of the resumed run")
@@ -130,6 +135,10 @@ def restore_training(solver: Any, regressor: nn.Module, state: dict[str, Any], p
     if not torch.allclose(psf.float(), mine, rtol=1e-5, atol=1e-7):
         raise ValueError(f"{path}: the checkpoint's capture PSF differs from this run's camera (max abs diff "
                          f"{(psf.float() - mine).abs().max().item():.3g}): resume with the same optics")
+    mine_sensor = solver.camera.sensor.config
+    if SensorConfig.from_state(state, str(path)) != mine_sensor:
+        raise ValueError(f"{path}: the checkpoint's sensor {state.get('sensor')} differs from this run's "
+                         f"{mine_sensor.to_dict()}: resume with the optics the run was trained with")
     reg = state.get("regressor") or {}
     for k, v in regressor.state_dict().items():
         if k not in reg or reg[k].shape != v.shape or not torch.equal(reg[k].to(v), v):

@@ -61,6 +61,7 @@ def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf: t
     from anonymizer.stage1.trainer import load_optics_checkpoint
     from optics.binning import capture_psf
     from optics.camera import Camera
+    from optics.sensor import SensorConfig
 
     optic, regressor, meta = load_optics_checkpoint(path)
     heat = dict(meta.get("heatmap") or {})
@@ -71,7 +72,8 @@ def frozen_optics_from_checkpoint(path: str | os.PathLike, img_size: int, psf: t
     if psf is not None:
         optic, source = psf, f"{path} (lens replaced by a measured PSF)"
     fixed = capture_psf(Camera(optic).psf().detach().float(), img_size)
-    camera = Camera(fixed, noise=noise).requires_grad_(False).eval()
+    sensor = SensorConfig.from_state(meta, str(path))
+    camera = Camera(fixed, sensor=sensor, noise=noise).requires_grad_(False).eval()
     return FrozenOptics(camera, regressor.requires_grad_(False).eval(), heat, source)
 
 

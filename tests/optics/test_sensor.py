@@ -152,3 +152,63 @@ def test_fused_clean_capture_equals_the_op_by_op_chain(cfg, dtype):
     ga, = torch.autograd.grad((fused * w).sum(), x)
     gb, = torch.autograd.grad((ref * w).sum(), x)
     assert torch.allclose(ga, gb, atol=8 * torch.finfo(dtype).eps) and 0 < float((ga != 0).double().mean()) < 1
+
+
+def test_monochrome_sensor_records_the_response_weighted_sum_in_every_channel():
+    """Closed form: a mono pixel integrates the bands, x = sum_c w_c x_c / sum w; noise-free and with the same
+    noise draw it equals the colour sensor's capture of that grey image, in every channel."""
+    from optics.sensor import MONO_RESPONSE
+
+    x = torch.rand(2, 3, 16, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = torch.tensor(MONO_RESPONSE, dtype=torch.float64) / sum(MONO_RESPONSE)
+    gray = (x * w[:, None, None]).sum(1, keepdim=True)
+    mono = Sensor(SensorConfig(mono_response=MONO_RESPONSE, bit_depth=None))
+    colour = Sensor(SensorConfig(bit_depth=None))
+    out = mono(x, noise=False)
+    assert out.shape == x.shape and torch.allclose(out, gray.expand_as(x), atol=1e-12)
+    noisy = mono(x, noise=True, generator=torch.Generator().manual_seed(3))
+    ref = colour(gray, noise=True, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(noisy, ref.expand_as(x), atol=1e-12)  # one draw per pixel, not one per channel
+    assert float((noisy - out).std()) > 1e-3  # the noise is there
+
+
+def test_monochrome_sensor_gradient_is_the_band_response():
+    from optics.sensor import MONO_RESPONSE
+
+    x = torch.full((1, 3, 4, 4), 0.5, requires_grad=True)
+    Sensor(SensorConfig(mono_response=MONO_RESPONSE)).forward(x, noise=False).sum().backward()
+    w = torch.tensor(MONO_RESPONSE) / sum(MONO_RESPONSE)
+    assert torch.allclose(x.grad[0, :, 0, 0], 3 * w)  # 3 output channels each carry w_c
+
+
+def test_mono_camera_of_a_grey_scene_is_the_recorded_psf_convolution():
+    """Linearity: for a grey scene the mono capture is the scene convolved with the response-weighted PSF,
+    which Camera.recorded_psf returns (the PSF a deconvolution attacker needs)."""
+    from optics.camera import Camera
+    from optics.imaging import fft_convolve
+    from optics.sensor import MONO_RESPONSE
+
+    g = torch.Generator().manual_seed(1)
+    psf = torch.rand(3, 9, 9, generator=g, dtype=torch.float64)
+    cam = Camera(psf, SensorConfig(mono_response=MONO_RESPONSE, bit_depth=None), noise=False).double()
+    scene = torch.rand(1, 1, 24, 24, generator=g, dtype=torch.float64).expand(1, 3, 24, 24)
+    rec = cam.recorded_psf()
+    assert torch.allclose(rec.sum((1, 2)), torch.ones(3, dtype=torch.float64))
+    assert torch.allclose(rec[0], rec[2])
+    assert torch.allclose(cam(scene), fft_convolve(scene, rec).clamp(0, 1), atol=1e-10)
+    colour = Camera(psf, SensorConfig(bit_depth=None), noise=False).double()
+    assert torch.equal(colour.recorded_psf(), colour.psf())
+
+
+def test_sensor_from_state_and_bad_mono_response_are_named():
+    from optics.sensor import sensor_config
+
+    assert SensorConfig.from_state({}) == SensorConfig()
+    mono = sensor_config("mono")
+    assert SensorConfig.from_state({"sensor": mono.to_dict()}) == mono and sensor_config("color", mono) == SensorConfig()
+    with pytest.raises(ValueError, match=r"run\.ckpt: unknown sensor keys \['colour'\]"):
+        SensorConfig.from_state({"sensor": {"colour": 1}}, "run.ckpt")
+    with pytest.raises(ValueError, match="mono_response"):
+        SensorConfig(mono_response=[0.5, -1.0, 0.2])
+    with pytest.raises(ValueError, match=r"\(B, 3, H, W\)"):
+        Sensor(mono)(torch.rand(1, 2, 4, 4))

@@ -226,3 +226,24 @@ def test_linear_regressor_is_fitted_refitted_and_trains_the_lens(face_set, tmp_p
     assert [again.train_step()["total"] for _ in range(2)] == [v["total"] for v in later]
     optic, regressor, meta = load_optics_checkpoint(tmp_path / "000002_optics.ckpt")
     assert regressor.config["head"] == "linear" and meta["heatmap"]["num_channels"] == 68
+
+
+def test_a_monochrome_sensor_is_trained_through_and_travels_with_the_checkpoint(face_set, tmp_path):
+    """Stage I through a monochrome sensor (the Wiener term deconvolves with the recorded PSF): the lens learns,
+    the checkpoint records the sensor and Stage II's frozen optics rebuild it (grey captures in every channel)."""
+    from anonymizer.stage2.sampling import frozen_optics_from_checkpoint
+    from optics.sensor import sensor_config
+
+    lens = Lens(load_lens_config("in-focus", psf_size=32, pupil_samples=64))
+    camera = Camera(lens, sensor=sensor_config("mono"), noise=True)
+    cfg = _config(regressor={"head": "linear"}, shape_copies=2, lambda_privacy=0.0, lambda_wiener=1.0)
+    trainer = Stage1Trainer(camera, cfg, face_set, face_set, checkpoint_dir=tmp_path)
+    before = [p.detach().clone() for p in trainer.lens.parameters()]
+    logs = trainer.train_step()
+    assert math.isfinite(logs["adv_wiener"])
+    assert any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.lens.parameters()))
+    path = trainer.save()
+    frozen = frozen_optics_from_checkpoint(path, SIZE, noise=False)
+    assert frozen.camera.sensor.config == sensor_config("mono")
+    cap = frozen.camera(face_set.batch(range(2))[0])
+    assert torch.equal(cap[:, 0], cap[:, 2]) and float(cap.std()) > 0

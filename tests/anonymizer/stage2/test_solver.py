@@ -167,6 +167,25 @@ def test_restore_with_another_psf_is_an_error(tmp_path: Path) -> None:
         restore_training(other, other.regressor, state, path)
 
 
+def test_the_checkpoint_keeps_a_monochrome_sensor_and_resume_checks_it(tmp_path: Path) -> None:
+    from optics.camera import Camera
+    from optics.sensor import sensor_config
+    from pipelines.stage2_loop import save_stage2
+
+    solver, optics = make_solver(num_domains=1)
+    solver.camera = Camera(gaussian_psf(), sensor_config("mono"), noise=False)
+    path = save_stage2(tmp_path / "ckpt", solver, optics, 1, {})
+    _, camera, _, _ = load_anonymizer(path, noise=False)
+    assert camera.sensor.config == sensor_config("mono")
+    x = torch.rand(1, 3, STAGE2_SIZE, STAGE2_SIZE)
+    cap = camera(x)
+    assert torch.equal(cap[:, 0], cap[:, 1]) and torch.equal(cap[:, 1], cap[:, 2])
+    state, path = read_stage2(path)
+    colour, _ = make_solver(num_domains=1)
+    with pytest.raises(ValueError, match="sensor"):
+        restore_training(colour, colour.regressor, state, path)
+
+
 def test_solver_refuses_a_camera_without_a_fixed_psf() -> None:
     solver, optics = make_solver(num_domains=1)
     with pytest.raises(TypeError, match="fixed-PSF"):
