@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines.common import load_optic
+from pipelines.common import lens_sensor, load_optic
 from pipelines.safety import final_path
 
 log = logging.getLogger(__name__)
@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> None:
     imported, meta = import_height_map(paths["png"])
     report = quantization_report(lens, imported, meta)
     report["files"] = {k: str(final_path(v)) for k, v in paths.items()}  # where they are once the run has finished
+    sensor = lens_sensor(args.lens)  # the element was designed for this sensor: the lab needs to know
+    if sensor is not None:
+        report["sensor"] = sensor.to_dict()
+        report["sensor_kind"] = "monochrome" if sensor.mono_response is not None else "colour"
     save_json(out / "fabrication_report.json", report)
     save_figure(out / "fabrication.png", _figure(height, imported, mask, report))
     log.info("fabrication: %d levels, step %.4g m, PSF change %.4g (relative RMS), Strehl %.4f",

@@ -99,7 +99,10 @@ def test_fabricate_from_stage1_checkpoint(tmp_path):
     cfg = small_lens_config(zernike={4: 0.4 * WAVE_HEIGHT, 7: 0.2 * WAVE_HEIGHT}, height_map_samples=64)
     lens = Lens(cfg)
     ckpt = tmp_path / "000010_optics.ckpt"
-    save_checkpoint(ckpt, {"step": 10, "lens_config": cfg.to_dict(), "lens": lens.state_dict()})
+    from optics.sensor import sensor_config
+
+    save_checkpoint(ckpt, {"step": 10, "lens_config": cfg.to_dict(), "lens": lens.state_dict(),
+                           "sensor": sensor_config("mono").to_dict()})
     out = tmp_path / "fab"
     rc = main.main(["--mode", "fabricate", "--lens", str(ckpt), "--levels", "8", "--out", str(out),
                     "--log_level", "WARNING"])
@@ -110,3 +113,4 @@ def test_fabricate_from_stage1_checkpoint(tmp_path):
     assert meta["levels"] == 8 and report["levels_used"] <= 8
     assert report["height_error_max"] <= level_step(8, meta["height_min"], meta["height_max"]) / 2 * (1 + 1e-9)
     assert 0 < report["psf_change_relative_rms"] < 1 and (out / "fabrication.png").is_file()
+    assert report["sensor_kind"] == "monochrome"  # the element was designed for the checkpoint's sensor
