@@ -361,7 +361,8 @@ def figure(result: dict):
         c = next((v for k, v in colours.items() if r["label"].startswith(k)), "black")
         marker = "*" if r["label"].startswith(("adversarial", "Stage I")) or "stopadv" in r["label"] else "o"
         ax.scatter(r["nme"], r["rank1"], c=c, marker=marker, s=120 if marker == "*" else 50, zorder=3)
-        ax.annotate(_short(r["label"]), (r["nme"], r["rank1"]), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(r.get("short") or _short(r["label"]), (r["nme"], r["rank1"]), fontsize=7, xytext=(4, 3),
+                    textcoords="offset points")
     chance = 1 / result["num_val"]
     low16 = [r["nme"] for r in result["rows"] if r["label"].startswith("low-res 16x16")]
     if low16:

@@ -5,7 +5,8 @@ Protocol: N held-out sources (embedded validation set, spread evenly) x R refere
 public faces); every source with every reference. References (``--ref_pick``): ``spread`` = validation people
 spread evenly over the set; ``distinctive`` = the R validation people (not among the sources) least like the
 TRAINING faces in dlib's embedding (metrics.reference_transfer.distinctive_references; the sources are never
-looked at). The ``real reference`` row scores the reference faces themselves as outputs: the ceiling of
+looked at); with ``--ref_pool train`` the R most distinctive TRAINING faces instead (public faces: the pool
+``--mode video`` draws its references from by default). The ``real reference`` row scores the reference faces themselves as outputs: the ceiling of
 perfect reference transfer (on this homogeneous set, different real people are within dlib's 0.6 in ~12 % of
 pairs). For each method (outputs at the model's size):
 
@@ -19,6 +20,7 @@ pairs). For each method (outputs at the model's size):
 
     python benchmarks/stage2_reference.py --checkpoint checkpoints/stage2_anonymizer.ckpt --out expr/stage2_ref \
         [--old_checkpoint OLD.ckpt] [--sources 12] [--references 6] [--ref_pick spread|distinctive] \
+        [--ref_pool val|train] \
         [--shape_mix A] [--methods anonymizer,reference-warp,lowres,real reference] [--no_fid]
 
 Writes ``<out>/stage2_reference.json`` and ``.md`` and a grid per method.
@@ -58,16 +60,18 @@ def pick(val: SourceDataset, n_src: int, n_ref: int) -> tuple[torch.Tensor, torc
             names(src_i), names(ref_i))
 
 
-def distinctive_pick(val: SourceDataset, train: SourceDataset, src_names: list[str], n_ref: int, embedder
+def distinctive_pick(pool: SourceDataset, train: SourceDataset, src_names: list[str], n_ref: int, embedder
                      ) -> tuple[torch.Tensor, list[str]]:
-    """The ``n_ref`` validation people (not among the sources) least like the TRAINING faces in dlib's embedding
-    (metrics.reference_transfer.distinctive_references): public faces only, the sources are never looked at."""
+    """The ``n_ref`` people of ``pool`` (not among the sources) least like the TRAINING faces in dlib's embedding
+    (metrics.reference_transfer.distinctive_references): public faces only, the sources are never looked at.
+    ``pool`` is the validation set (the held-out protocol) or the training set itself (the pool ``--mode video``
+    draws from by default; each candidate's zero distance to itself counts alike for all)."""
     from metrics.reference_transfer import distinctive_references
 
-    cand = [i for i in range(len(val)) if Path(val.files[i]).stem not in set(src_names)]
+    cand = [i for i in range(len(pool)) if Path(pool.files[i]).stem not in set(src_names)]
     emb = lambda ds, ii: embedder.embed([ds.load(int(i)).permute(1, 2, 0).numpy() for i in ii])  # noqa: E731
-    chosen = [cand[j] for j in distinctive_references(emb(val, cand), emb(train, range(len(train))), n_ref)]
-    return torch.stack([val.load(i) for i in chosen]), [Path(val.files[i]).stem for i in chosen]
+    chosen = [cand[j] for j in distinctive_references(emb(pool, cand), emb(train, range(len(train))), n_ref)]
+    return torch.stack([pool.load(i) for i in chosen]), [Path(pool.files[i]).stem for i in chosen]
 
 
 def grid_of(method: str, nets, camera, regressor, src, refs, ref_pts, shape_mix: float = 0.0) -> np.ndarray:
@@ -125,6 +129,9 @@ def main() -> int:
     p.add_argument("--ref_pick", default="spread", choices=["spread", "distinctive"],
                    help="references: validation people spread over the set, or the most distinctive ones against "
                         "the training faces (metrics.reference_transfer.distinctive_references)")
+    p.add_argument("--ref_pool", default="val", choices=["val", "train"],
+                   help="--ref_pick distinctive: draw the references from the other validation people (held out) or "
+                        "from the public training faces (the default pool of --mode video)")
     a = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
@@ -140,8 +147,12 @@ def main() -> int:
     src, refs, src_names, ref_names = pick(val, a.sources, a.references)
     embedder = FaceEmbedder()
     if a.ref_pick == "distinctive":
-        refs, ref_names = distinctive_pick(val, SourceDataset(train_dir, size), src_names, a.references, embedder)
-    log.info("sources %s; references (%s) %s", src_names, a.ref_pick, ref_names)
+        train = SourceDataset(train_dir, size)
+        refs, ref_names = distinctive_pick(train if a.ref_pool == "train" else val, train, src_names, a.references,
+                                           embedder)
+    elif a.ref_pool == "train":
+        raise ValueError("--ref_pool train needs --ref_pick distinctive")
+    log.info("sources %s; references (%s, %s pool) %s", src_names, a.ref_pick, a.ref_pool, ref_names)
     ref_pts = reference_landmarks(refs)
     methods = {"anonymizer": (nets, camera, regressor), "reference-warp": (None, camera, regressor),
                "lowres": (None, None, None), "real reference": (None, None, None)}
@@ -203,7 +214,7 @@ def main() -> int:
     table = "\n".join(lines)
     print(table)
     info = {"checkpoint": a.checkpoint, "step": meta["step"], "old_checkpoint": a.old_checkpoint,
-            "shape_mix": a.shape_mix, "ref_pick": a.ref_pick,
+            "shape_mix": a.shape_mix, "ref_pick": a.ref_pick, "ref_pool": a.ref_pool,
             "sources": src_names, "references": ref_names, "img_size": size,
             "protocol": "embedded validation people; every source x every reference; sensor noise on; dlib CNN "
                         "(upsample 1) + 68-point predictor for detection / NME / embedding landmarks",
