@@ -56,7 +56,7 @@ from metrics.attacks import gaussian_psf, richardson_lucy_attack, wiener_attack 
 from metrics.inverter import capture_with, invert, train_camera_inverter  # noqa: E402
 from optics.binning import REFERENCE_IMG_SIZE  # noqa: E402
 from optics.camera import Camera  # noqa: E402
-from optics.sensor import Sensor  # noqa: E402
+from optics.sensor import Sensor, mono_mix  # noqa: E402
 
 log = logging.getLogger("privacy_frontier")
 
@@ -129,12 +129,10 @@ def build(spec: str, img_size: int, quantize_levels: int) -> tuple[str, nn.Modul
     camera's exposure scaled by the aperture area; ``<spec>+mono`` images through a monochrome sensor
     (optics.sensor.MONO_RESPONSE), e.g. ``lowres16+mono``, ``ckpt:checkpoints/stage1_optics.ckpt+mono``."""
     if spec.endswith("+mono"):
-        from dataclasses import replace
-
-        from optics.sensor import MONO_RESPONSE
+        from optics.sensor import sensor_config
 
         label, camera, overrides = build(spec[:-len("+mono")], img_size, quantize_levels)
-        camera.sensor = Sensor(replace(camera.sensor.config, mono_response=list(MONO_RESPONSE)))
+        camera.sensor = Sensor(sensor_config("mono", camera.sensor.config))
         return f"{label}, monochrome sensor", camera, overrides
     if "@" in spec:
         from optics.sensor import SensorConfig
@@ -287,16 +285,14 @@ def _grey_gallery(camera: nn.Module, embedder, gallery: dict, train: FaceLandmar
                   lms: list) -> dict | None:
     """For a monochrome camera: the galleries' clean photos through the sensor's band response (grey), embedded
     (cached per response), else None."""
-    w = getattr(getattr(getattr(camera, "sensor", None), "config", None), "mono_response", None)
+    w = camera.sensor.config.mono_response  # every camera of this benchmark has a Sensor
     if w is None:
         return None
     key = ("grey", tuple(w))
     if key not in gallery:
-        weights = torch.tensor(w) / sum(w)
-
         def grey(data: FaceLandmarkSet) -> list[np.ndarray]:
             clean = data.batch(range(len(data)))[0]
-            return _numpy(torch.einsum("bchw,c->bhw", clean, weights)[:, None].expand_as(clean))
+            return _numpy(mono_mix(clean, w, dim=1).expand_as(clean))
 
         gallery[key] = {"val": embedder.embed(grey(val), lms), "train": embedder.embed(grey(train), _landmarks(train))}
     return gallery[key]

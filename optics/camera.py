@@ -7,7 +7,7 @@ from torch import nn
 from optics.imaging import fft_convolve
 from optics.lens import Lens
 from optics.psf import normalize_psf
-from optics.sensor import Sensor, SensorConfig
+from optics.sensor import Sensor, SensorConfig, mono_mix
 
 
 class Camera(nn.Module):
@@ -59,10 +59,7 @@ class Camera(nn.Module):
         of a grey scene) in every channel, which is what a deconvolution attack on its captures should use."""
         psf = self.psf() if psf is None else psf
         w = self.sensor.config.mono_response
-        if w is None:
-            return psf
-        weights = torch.tensor(w, dtype=psf.dtype, device=psf.device) / sum(w)
-        return torch.einsum("chw,c->hw", psf, weights).expand_as(psf)
+        return psf if w is None else mono_mix(psf, w, dim=0).expand_as(psf)
 
     def forward(self, image: torch.Tensor, noise: bool | None = None, psf: torch.Tensor | None = None,
                 generator: torch.Generator | None = None) -> torch.Tensor:

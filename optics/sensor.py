@@ -160,6 +160,15 @@ bands 640 / 550 / 440 nm (R, G, B): quantum efficiency read off typical publishe
 back-illuminated mono sensors, which peak near 500-550 nm. Normalised to sum 1 where used."""
 
 
+def mono_mix(x: torch.Tensor, response: Sequence[float], dim: int) -> torch.Tensor:
+    """What a monochrome pixel integrates: the bands of ``x`` along ``dim`` weighted by ``response`` normalised to
+    sum 1 (white stays 1), that dim kept with size 1. Used for captures, PSFs and greyed photos alike."""
+    w = torch.tensor(list(response), dtype=x.dtype, device=x.device) / sum(response)
+    shape = [1] * x.ndim
+    shape[dim] = len(w)
+    return (x * w.view(shape)).sum(dim, keepdim=True)
+
+
 def quantize_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
     """ADC quantisation of x in [0, 1] to 2^bits levels with a straight-through gradient.
 
@@ -295,9 +304,18 @@ class Sensor(nn.Module):
         Returns:
             (B, C, H, W) digital values in [0, 1].
         """
+        w = self.config.mono_response
+        if w is None:
+            return self._chain(irradiance, noise, generator)
+        if irradiance.ndim != 4 or irradiance.shape[1] != len(w):
+            raise ValueError(f"a monochrome sensor with {len(w)} band responses needs (B, {len(w)}, H, W) "
+                             f"irradiance, got shape {tuple(irradiance.shape)}")
+        # one pixel integrates every band: one channel through the chain, written to every channel (a view)
+        return self._chain(mono_mix(irradiance, w, dim=1), noise, generator).expand_as(irradiance)
+
+    def _chain(self, irradiance: torch.Tensor, noise: bool, generator: torch.Generator | None) -> torch.Tensor:
+        """The per-channel signal chain of the module docstring (each channel its own pixels)."""
         cfg = self.config
-        if cfg.mono_response is not None:
-            return self._mono(irradiance, noise, generator)
         levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)
         if noise and not cfg.exact_poisson:
             eps = standard_normal(irradiance.shape, generator, irradiance.dtype, irradiance.device)
@@ -314,15 +332,3 @@ class Sensor(nn.Module):
         if cfg.bit_depth is None:
             return x.clamp(0.0, 1.0)
         return quantize_ste(x, cfg.bit_depth)
-
-    def _mono(self, irradiance: torch.Tensor, noise: bool, generator: torch.Generator | None) -> torch.Tensor:
-        """Monochrome capture: the bands summed with the normalised response, one channel through the colour
-        chain, written to every channel (an expanded view)."""
-        w = self.config.mono_response
-        if irradiance.ndim != 4 or irradiance.shape[1] != len(w):
-            raise ValueError(f"a monochrome sensor with {len(w)} band responses needs (B, {len(w)}, H, W) "
-                             f"irradiance, got shape {tuple(irradiance.shape)}")
-        weights = torch.tensor(w, dtype=irradiance.dtype, device=irradiance.device) / sum(w)
-        gray = torch.einsum("bchw,c->bhw", irradiance, weights)[:, None]
-        colour = Sensor(replace(self.config, mono_response=None))
-        return colour(gray, noise=noise, generator=generator).expand_as(irradiance)
