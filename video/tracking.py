@@ -89,8 +89,9 @@ class FrameDetector:
             chunk = np.stack([np.asarray(f) for f in frames[start:start + self.batch_size]])
             scale = 1.0 if chunk.dtype == np.uint8 else 255.0
 
-            def detect_part(ix: slice):  # each worker converts its own frames to float (0..255)
-                part = torch.as_tensor(chunk[ix].astype(np.float32) * scale, device=self.device)
+            def detect_part(ix: slice):  # uint8 frames go in as they are; float ones in 0..255
+                part = chunk[ix] if chunk.dtype == np.uint8 else chunk[ix].astype(np.float32) * scale
+                part = torch.as_tensor(part, device=self.device)
                 return detect_faces(part, m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
                                     thresholds=m.thresholds, factor=m.factor)
 

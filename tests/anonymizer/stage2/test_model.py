@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anonymizer.stage2.model import Generator, HighPass, build_model, count_parameters, default_base_dim, heatmap_masks
+from anonymizer.stage2.model import Generator, avg_pool2x, HighPass, build_model, count_parameters, default_base_dim, heatmap_masks
 
 
 
@@ -125,3 +125,17 @@ def test_bad_configuration_errors() -> None:
         nets.generator(torch.rand(1, 3, 32, 32), torch.rand(1, 2, 32, 32), torch.randn(1, 16))
     with pytest.raises(ValueError, match="heatmap"):
         nets.generator(torch.rand(1, 3, 64, 64), torch.rand(1, 5, 64, 64), torch.randn(1, 16))
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 8, 6), (1, 2, 5, 4)])
+def test_avg_pool2x_is_the_2x2_average_pool_with_its_gradient(shape) -> None:
+    import torch.nn.functional as F
+
+    x = torch.randn(shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn_like(F.avg_pool2d(x, 2))
+    (grad_ref,) = torch.autograd.grad(F.avg_pool2d(x, 2), x, g)
+    y = avg_pool2x(x)
+    (grad,) = torch.autograd.grad(y, x, g)
+    assert torch.allclose(y, F.avg_pool2d(x, 2), atol=1e-12) and torch.allclose(grad, grad_ref, atol=1e-12)
+    if shape[-2] % 2 == 0:  # the mean of each 2 x 2 block, by hand
+        assert torch.allclose(y[0, 0, 0, 0], x[0, 0, :2, :2].mean())

@@ -101,6 +101,49 @@ def test_closed_mouth_coincident_inner_lips_are_not_singular() -> None:
     assert torch.isfinite(dst.grad).all() and dst.grad.abs().sum() > 0  # differentiable w.r.t. the geometry
 
 
+def exhaustive_assignment(td: torch.Tensor, good: torch.Tensor, flipped: torch.Tensor, h: int, w: int, eps: float):
+    """Every triangle against every pixel (barycentric coordinates from signed areas, float64): the pixel's
+    triangle is the good one it is deepest inside; covered unless a flipped triangle contains it."""
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    p = torch.stack([xs.flatten(), ys.flatten()], -1)                         # (P, 2)
+    a, b, c = (td[:, :, i, None, :] for i in range(3))                       # (B, T, 1, 2)
+
+    def cross(o, u, v):
+        return (u[..., 0] - o[..., 0]) * (v[..., 1] - o[..., 1]) - (u[..., 1] - o[..., 1]) * (v[..., 0] - o[..., 0])
+    area = cross(a, b, c)                                                     # (B, T, 1)
+    lam = torch.stack([cross(p, b, c), cross(a, p, c), cross(a, b, p)], -1) / area[..., None]  # (B, T, P, 3)
+    low = lam.amin(-1)
+    inside = low >= -eps
+    score = torch.where(inside & good[..., None], low, torch.full_like(low, -torch.inf))
+    best, index = score.max(1)
+    covered = torch.isfinite(best) & ~(inside & flipped[..., None]).any(1)
+    return torch.where(covered, index, torch.zeros_like(index)), covered
+
+
+@pytest.mark.parametrize("size", [128, 45])
+def test_tiled_rasteriser_matches_the_exhaustive_point_in_triangle_test(size: int) -> None:
+    from anonymizer.stage2.warp import ASSIGN_EPS, _assign_pixels, _border
+
+    g = torch.Generator().manual_seed(7)
+    pts = template_points(size).double().repeat(4, 1, 1)
+    # mild to wild jitter (the last images fold), one face partly outside the frame
+    pts = pts + torch.randn(4, 68, 2, generator=g, dtype=torch.float64) * torch.tensor([0.3, 1.5, 4.0, 9.0],
+                                                                                    dtype=torch.float64)[:, None, None]
+    pts[1] += torch.tensor([size * 0.3, -size * 0.2], dtype=torch.float64)
+    tri, orient, _ = triangulation()
+    verts = torch.cat([face_vertices(pts), _border(size, torch.float64, torch.device("cpu"))[None].expand(4, -1, -1)], 1)
+    td = verts[:, torch.from_numpy(tri)]
+    u, v = td[:, :, 1] - td[:, :, 0], td[:, :, 2] - td[:, :, 0]
+    area = torch.from_numpy(orient).double() * (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]) / 2
+    good, flipped = area > 0.05, area < -0.05
+    assert flipped[3].any() and good.all(1).sum() < 4  # the test covers folds
+    index, covered = _assign_pixels(td, good, flipped, size, size)
+    ref_index, ref_covered = exhaustive_assignment(td, good, flipped, size, size, ASSIGN_EPS)
+    assert torch.equal(covered, ref_covered)
+    assert torch.equal(index, ref_index)
+    assert covered.float().mean() > 0.5
+
+
 def test_feather_is_zero_outside_and_one_deep_inside() -> None:
     m = torch.zeros(1, 1, 32, 32)
     m[..., 8:24, 8:24] = 1
