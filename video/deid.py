@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -34,7 +34,7 @@ from torch import nn
 
 from data.align import alignment_transform
 from video.frames import frames_to_tensor, int_box, tensor_to_frames
-from video.parallel import cpu_workers, parallel_chunks
+from video.parallel import cpu_workers, parallel_map, split
 
 log = logging.getLogger(__name__)
 
@@ -271,6 +271,15 @@ class Anonymizer:
     ref_files: Sequence[Path] | None = None
 
 
+
+def _frame_parts(frame_idx: Sequence[int], workers: int) -> list[slice]:
+    """The faces (ordered by frame) cut into at most ``workers`` contiguous parts of whole frames: the faces of
+    one frame are pasted into one copy of it, in order, by one worker."""
+    starts = [k for k in range(len(frame_idx)) if k == 0 or frame_idx[k] != frame_idx[k - 1]]
+    groups = split(len(starts), workers)
+    ends = starts[1:] + [len(frame_idx)]
+    return [slice(starts[g.start], ends[g.stop - 1]) for g in groups]
+
 class Deidentifier:
     """Apply one method to frames with their tracked faces.
 
@@ -348,35 +357,46 @@ class Deidentifier:
         idx = [i for i, _ in items]
         mats = np.stack([alignment_transform(f.landmarks, s) for _, f in items])
         crops, regions = crop_faces(frames, idx, mats, s, self.device)
-        new = self._faces(crops, [f.track_id for _, f in items])
-        if self.method == "anonymizer" and self.harmonize:
-            new = harmonize(new, crops, self._mask)
-        return paste_faces([np.asarray(f) for f in frames], idx, mats, new, self._mask, regions)
+        make = self._face_maker(crops, [f.track_id for _, f in items])
+        base = [np.asarray(f) for f in frames]
+        parts = _frame_parts(idx, cpu_workers(self.device))
+
+        def run(faces: slice) -> list[np.ndarray]:  # the new faces of whole frames, pasted into copies of them
+            new = make(faces)
+            if self.method == "anonymizer" and self.harmonize:
+                new = harmonize(new, crops[faces], self._mask)
+            return paste_faces(base, idx[faces], mats[faces], new, self._mask, regions[faces])
+
+        out = list(base)
+        with torch.no_grad():  # (the workers run under no_grad anyway; one part runs on this thread)
+            done = parallel_map(lambda k: run(parts[k.start]), len(parts), len(parts))
+        for faces, pasted in zip(parts, done):
+            for i in set(idx[faces]):
+                out[i] = pasted[i]
+        return out
 
     @torch.no_grad()
-    def _faces(self, crops: torch.Tensor, track_ids: list[int]) -> torch.Tensor:
-        """New faces for aligned crops. The camera (and its sensor noise) runs here for the whole batch, so the
-        noise follows the seed; the per-face networks then run on :func:`video.parallel.parallel_chunks`."""
+    def _face_maker(self, crops: torch.Tensor, track_ids: list[int]) -> Callable[[slice], torch.Tensor]:
+        """``make(faces)``: the new faces of the aligned crops ``faces``. The camera (and its sensor noise) runs
+        here, for the whole batch, so the noise follows the seed whatever the split; ``make`` runs the per-face
+        networks (on :func:`video.parallel.parallel_map`'s workers)."""
         m = self.model
         captures = self._camera(crops)
         if self.method == "capture":
-            return captures.clamp(0, 1)
+            return lambda ix: captures[ix].clamp(0, 1)
         which = [self.reference_index(t) for t in track_ids]
         refs = m.refs[which].to(self.device)
         points = self._reference_points(which)
         if self.method == "reference-warp":
             from video.reference_warp import reference_warp
 
-            return parallel_chunks(lambda ix: reference_warp(captures[ix], m.regressor, refs[ix],
-                                                             ref_points=points[ix]), len(crops),
-                                   cpu_workers(self.device))
+            return lambda ix: reference_warp(captures[ix], m.regressor, refs[ix], ref_points=points[ix])
         from anonymizer.stage2.sampling import anonymize
 
         styles = self._styles(which)
-        return parallel_chunks(lambda ix: anonymize(
+        return lambda ix: anonymize(
             m.nets, nn.Identity(), m.regressor, captures[ix], refs[ix], paired=True, batch_size=FACES_PER_CALL,
-            ref_points=None if points is None else points[ix], styles=styles[ix]).outputs, len(crops),
-            cpu_workers(self.device))
+            ref_points=None if points is None else points[ix], styles=styles[ix]).outputs
 
     def _styles(self, which: list[int]) -> torch.Tensor:
         """(K, style_dim) style codes of the references ``which`` (the style encoder runs once per reference and

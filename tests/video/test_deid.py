@@ -188,15 +188,15 @@ def test_harmonize_removes_most_of_the_seam_in_the_feathered_band():
 
 
 def test_parallel_batch_equals_the_serial_batch(moving_face, shipped_model, monkeypatch):
-    """Faces split over two worker threads (one torch thread each) give the same bytes as the whole batch on
-    this thread; the style code cached per reference equals the style encoder's."""
+    """Frames split over two worker threads (one torch thread each: networks, colour match and paste) give the
+    same bytes as the whole batch on this thread; the style code cached per reference equals the style
+    encoder's."""
     import video.deid as deid
 
     frames, tracks = moving_face.frames[:4], moving_face.tracks[:4]
-    parallel = deid.parallel_chunks
     outs = {}
     for workers in (1, 2):
-        monkeypatch.setattr(deid, "parallel_chunks", lambda fn, n, _w, w=workers: parallel(fn, n, workers=w))
+        monkeypatch.setattr(deid, "cpu_workers", lambda _device, w=workers: w)
         torch.manual_seed(0)  # the camera noise is drawn before the split: the same for both
         outs[workers] = Deidentifier("anonymizer", model=shipped_model, seed=1)(frames, tracks)
     for a, b in zip(outs[1], outs[2]):
@@ -207,6 +207,18 @@ def test_parallel_batch_equals_the_serial_batch(moving_face, shipped_model, monk
         direct = shipped_model.nets.style_encoder(shipped_model.refs[which], torch.zeros(3, dtype=torch.long))
     torch.testing.assert_close(d._styles(which), direct, atol=1e-5, rtol=0)
     assert sorted(d._style_codes) == [0, 2]
+
+
+def test_frame_parts_keep_the_faces_of_a_frame_together():
+    from video.deid import _frame_parts
+
+    idx = [0, 0, 1, 2, 2, 2, 5]
+    for workers in (1, 2, 3, 8):
+        parts = _frame_parts(idx, workers)
+        assert parts[0].start == 0 and parts[-1].stop == len(idx) and len(parts) <= min(workers, 4)
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))  # contiguous, nothing left out
+        assert all(idx[p.start - 1] != idx[p.start] for p in parts[1:])  # cuts only between frames
+    assert _frame_parts([3, 3], 2) == [slice(0, 2)]
 
 
 def test_parallel_chunks_covers_every_item_in_order():
