@@ -214,9 +214,9 @@ def paste_faces(frames: Sequence[np.ndarray], frame_idx: Sequence[int], matrices
         x0, y0, x1, y1 = region
         inv = torch.from_numpy(np.linalg.inv(_shift(m, x0, y0))[:2]).float().to(faces.device)[None]
         dsize = (y1 - y0, x1 - x0)
-        back = warp_affine(faces[k:k + 1], inv, dsize, mode="bilinear", padding_mode="zeros", align_corners=True)
-        alpha = warp_affine(mask.to(faces).reshape(1, 1, size, size), inv, dsize, mode="bilinear",
-                            padding_mode="zeros", align_corners=True)
+        both = torch.cat([faces[k:k + 1], mask.to(faces).reshape(1, 1, size, size)], 1)  # one warp: face + mask
+        warped = warp_affine(both, inv, dsize, mode="bilinear", padding_mode="zeros", align_corners=True)
+        back, alpha = warped[:, :3], warped[:, 3:]
         roi = _region_tensor(out[i], region, faces.device)
         blended = roi * (1 - alpha) + back * alpha
         out[i][y0:y1, x0:x1] = tensor_to_frames(blended)[0]
