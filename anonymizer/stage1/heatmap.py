@@ -80,7 +80,10 @@ def landmarks_to_heatmaps(landmarks: torch.Tensor, size: int, sigma: float,
     gx = torch.exp(-(grid.view(1, 1, -1) - pts[..., 0:1]) ** 2 / (2.0 * sigma ** 2))
     gy = torch.exp(-(grid.view(1, 1, -1) - pts[..., 1:2]) ** 2 / (2.0 * sigma ** 2))
     heat = gy[..., :, None] * gx[..., None, :]
-    heat = heat * finite[..., None, None].to(heat.dtype)
+    # far from its landmark a Gaussian underflows to subnormal floats (~1e-40): zero them. They change nothing
+    # a float can show, but every convolution that reads them runs on the CPU's slow subnormal path (the Stage II
+    # generator's first conv took 2.4x as long on these heatmaps as on the same values flushed)
+    heat = torch.where((heat >= torch.finfo(heat.dtype).tiny) & finite[..., None, None], heat, torch.zeros_like(heat))
     if mode == "grouped":
         heat = torch.stack([heat[:, list(g)].amax(dim=1) for g in landmark_groups(landmarks.shape[1])], dim=1)
     return heat
