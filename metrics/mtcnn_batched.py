@@ -7,8 +7,8 @@ weights and the thresholds, and changes only how the work is laid out:
 
 * the networks run channels-last;
 * the P-net pyramid levels and all candidate crops of a stage are resized by vectorised gathers from ONE
-  float64 integral image of the batch (``cv2.integral`` on the CPU). Area interpolation is adaptive average pooling: output pixel ``i`` of a crop of height ``h`` resized
-  to ``S`` averages input rows ``floor(i h / S) .. ceil((i + 1) h / S) - 1``, a rectangle sum that four
+  integral image of the batch (``cv2.integral`` on the CPU). Area interpolation is adaptive average pooling:
+  output pixel ``i`` of a crop of height ``h`` resized to ``S`` averages input rows ``floor(i h / S) .. ceil((i + 1) h / S) - 1``, a rectangle sum that four
   integral-image lookups give exactly (tested against ``torch.nn.functional.adaptive_avg_pool2d``).
 
 Box bookkeeping (candidate generation, box regression, squaring, clipping, NMS) uses facenet-pytorch's own
@@ -20,7 +20,6 @@ from __future__ import annotations
 import cv2
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from data.compat import import_torchvision
 
@@ -33,11 +32,11 @@ NET_CHUNK = 2048  # crops per R/O-net call (bounds GPU memory)
 
 
 def integral_image(imgs: torch.Tensor) -> torch.Tensor:
-    """(B, C, H, W) -> (B, H + 1, W + 1, C) summed-area table, zero first row and column: exact int32 sums of
-    uint8 images (float64 where H W 255 could overflow int32), float64 sums otherwise.
+    """(B, C, H, W) -> (B, H + 1, W + 1, C) summed-area table, zero first row and column.
 
     On the CPU, without autograd, each image goes through ``cv2.integral`` (25x faster than torch's cumsum along
-    H and W there; uint8 frames need no float copy at all); elsewhere torch's cumsum (differentiable)."""
+    H and W there): exact int32 sums of uint8 images, which need no float copy at all (float64 where H W 255 could
+    overflow int32), float64 sums otherwise. Elsewhere torch's float64 cumsum (differentiable)."""
     b, c, h, w = imgs.shape
     exact_int = imgs.dtype == torch.uint8 and h * w * 255 < 2 ** 31
     if imgs.device.type == "cpu" and c <= 4 and not imgs.requires_grad:

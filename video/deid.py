@@ -271,7 +271,6 @@ class Anonymizer:
     ref_files: Sequence[Path] | None = None
 
 
-
 def _frame_parts(frame_idx: Sequence[int], workers: int) -> list[slice]:
     """The faces (ordered by frame) cut into at most ``workers`` contiguous parts of whole frames: the faces of
     one frame are pasted into one copy of it, in order, by one worker."""
@@ -279,6 +278,7 @@ def _frame_parts(frame_idx: Sequence[int], workers: int) -> list[slice]:
     groups = split(len(starts), workers)
     ends = starts[1:] + [len(frame_idx)]
     return [slice(starts[g.start], ends[g.stop - 1]) for g in groups]
+
 
 class Deidentifier:
     """Apply one method to frames with their tracked faces.

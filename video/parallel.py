@@ -65,11 +65,6 @@ def parallel_map(fn: Callable[[slice], T], n: int, workers: int | None = None) -
     return list(_worker_pool(len(parts)).map(run, parts))
 
 
-def parallel_chunks(fn: Callable[[slice], torch.Tensor], n: int, workers: int | None = None) -> torch.Tensor:
-    """``torch.cat`` of :func:`parallel_map`'s tensors: ``fn(part)`` is (len(part), ...)."""
-    return torch.cat(parallel_map(fn, n, workers))
-
-
 def prefetch(items: Iterator[T]) -> Iterator[T]:
     """``items`` with the next one produced on a background thread while the caller works on the current one
     (e.g. decoding the next batch of frames while this one is computed; PyAV releases the GIL while it decodes)."""

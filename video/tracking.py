@@ -87,10 +87,9 @@ class FrameDetector:
         out: list[list[Face]] = []
         for start in range(0, len(frames), self.batch_size):
             chunk = np.stack([np.asarray(f) for f in frames[start:start + self.batch_size]])
-            scale = 1.0 if chunk.dtype == np.uint8 else 255.0
 
-            def detect_part(ix: slice):  # uint8 frames go in as they are; float ones in 0..255
-                part = chunk[ix] if chunk.dtype == np.uint8 else chunk[ix].astype(np.float32) * scale
+            def detect_part(ix: slice):  # uint8 frames go in as they are; float ones ([0, 1]) as 0..255
+                part = chunk[ix] if chunk.dtype == np.uint8 else chunk[ix].astype(np.float32) * 255.0
                 part = torch.as_tensor(part, device=self.device)
                 return detect_faces(part, m.pnet, m.rnet, m.onet, min_face_size=m.min_face_size,
                                     thresholds=m.thresholds, factor=m.factor)

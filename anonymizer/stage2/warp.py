@@ -195,6 +195,7 @@ def _assign_pixels(td: torch.Tensor, good: torch.Tensor, flipped: torch.Tensor, 
     index[~covered] = 0
     return index.view(b, pixels), covered.view(b, pixels)
 
+
 def piecewise_affine_warp(reference: torch.Tensor, ref_points: torch.Tensor, dst_points: torch.Tensor,
                           min_area: float = 0.05, face_only: bool = True) -> WarpResult:
     """Warp ``reference`` so that its landmarks ``ref_points`` land on ``dst_points``.

@@ -221,12 +221,12 @@ def test_frame_parts_keep_the_faces_of_a_frame_together():
     assert _frame_parts([3, 3], 2) == [slice(0, 2)]
 
 
-def test_parallel_chunks_covers_every_item_in_order():
-    from video.parallel import parallel_chunks, split
+def test_parallel_map_covers_every_item_in_order():
+    from video.parallel import parallel_map, split
 
-    seen = parallel_chunks(lambda ix: torch.arange(10)[ix] * 2, 10, workers=3)
+    seen = torch.cat(parallel_map(lambda ix: torch.arange(10)[ix] * 2, 10, workers=3))
     torch.testing.assert_close(seen, torch.arange(10) * 2)
-    assert parallel_chunks(lambda ix: torch.arange(1)[ix], 1, workers=4).tolist() == [0]
+    assert torch.cat(parallel_map(lambda ix: torch.arange(1)[ix], 1, workers=4)).tolist() == [0]
     assert split(10, 3) == [slice(0, 4), slice(4, 8), slice(8, 10)] and split(0, 2) == []
     from video.parallel import cpu_workers
 
