@@ -79,11 +79,17 @@ def landmarks_to_heatmaps(landmarks: torch.Tensor, size: int, sigma: float,
     # separable Gaussian: (B, K, 1, W) * (B, K, H, 1)
     gx = torch.exp(-(grid.view(1, 1, -1) - pts[..., 0:1]) ** 2 / (2.0 * sigma ** 2))
     gy = torch.exp(-(grid.view(1, 1, -1) - pts[..., 1:2]) ** 2 / (2.0 * sigma ** 2))
+    # far from its landmark a Gaussian underflows to subnormal floats (~1e-40). They change nothing a float can
+    # show, but every convolution that reads them runs on the CPU's slow subnormal path (the Stage II generator's
+    # first conv took 2.4x as long on such heatmaps as on the same values flushed). Zeroing each 1-D factor below
+    # sqrt(tiny) leaves no subnormal product (two factors >= sqrt(tiny) multiply to >= tiny) and moves no value by
+    # more than sqrt(tiny) (1.1e-19 in float32); done on the (B, K, size) factors, the image-sized product is the
+    # only pass over (B, K, size, size)
+    floor = torch.finfo(gx.dtype).tiny ** 0.5
+    keep = finite[..., None]
+    gx = torch.where((gx >= floor) & keep, gx, 0.0)
+    gy = torch.where((gy >= floor) & keep, gy, 0.0)
     heat = gy[..., :, None] * gx[..., None, :]
-    # far from its landmark a Gaussian underflows to subnormal floats (~1e-40): zero them. They change nothing
-    # a float can show, but every convolution that reads them runs on the CPU's slow subnormal path (the Stage II
-    # generator's first conv took 2.4x as long on these heatmaps as on the same values flushed)
-    heat = torch.where((heat >= torch.finfo(heat.dtype).tiny) & finite[..., None, None], heat, torch.zeros_like(heat))
     if mode == "grouped":
         heat = torch.stack([heat[:, list(g)].amax(dim=1) for g in landmark_groups(landmarks.shape[1])], dim=1)
     return heat
@@ -122,21 +128,22 @@ def soft_argmax(heatmaps: torch.Tensor, threshold: float = 0.5, beta: float | No
         raise ValueError(f"heatmaps must be (B, K, H, W), got {tuple(heatmaps.shape)}")
     b, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(b, k, h * w)
-    if beta is not None:
-        weights = torch.softmax(beta * flat, dim=-1)
-    else:
-        if not 0.0 <= threshold < 1.0:
-            raise ValueError(f"soft_argmax threshold must be in [0, 1), got {threshold}")
-        weights = F.relu(flat - threshold * flat.amax(dim=-1, keepdim=True))
-        total = weights.sum(dim=-1, keepdim=True)
-        uniform = torch.full_like(weights, 1.0 / (h * w))
-        weights = torch.where(total > 0, weights / total.clamp_min(torch.finfo(weights.dtype).tiny), uniform)
-    weights = weights.reshape(b, k, h, w)
     xs = torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype)
     ys = torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype)
-    x = (weights.sum(dim=2) * xs).sum(dim=-1)
-    y = (weights.sum(dim=3) * ys).sum(dim=-1)
-    return torch.stack([x, y], dim=-1)
+    if beta is not None:
+        weights = torch.softmax(beta * flat, dim=-1).reshape(b, k, h, w)
+        return torch.stack([(weights.sum(dim=2) * xs).sum(dim=-1), (weights.sum(dim=3) * ys).sum(dim=-1)], dim=-1)
+    if not 0.0 <= threshold < 1.0:
+        raise ValueError(f"soft_argmax threshold must be in [0, 1), got {threshold}")
+    # the image-sized passes are the threshold, the ReLU and the two marginal sums; the normalisation by the
+    # total weight happens on the (B, K, H) / (B, K, W) marginals
+    weights = F.relu(torch.sub(flat, flat.amax(dim=-1, keepdim=True), alpha=threshold)).reshape(b, k, h, w)
+    cols, rows = weights.sum(dim=2), weights.sum(dim=3)  # (B, K, W), (B, K, H)
+    total = rows.sum(dim=-1)
+    centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=heatmaps.device, dtype=heatmaps.dtype)
+    pts = torch.stack([(cols * xs).sum(dim=-1), (rows * ys).sum(dim=-1)], dim=-1)
+    pts = pts / total.clamp_min(torch.finfo(weights.dtype).tiny)[..., None]
+    return torch.where((total > 0)[..., None], pts, centre)
 
 
 def heatmap_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None,

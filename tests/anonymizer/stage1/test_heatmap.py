@@ -23,6 +23,23 @@ def test_heatmap_is_the_gaussian_and_peaks_at_the_landmark():
     assert h[0, 0, 14, 18].item() == pytest.approx(math.exp(-(2 ** 2 + 3 ** 2) / (2 * sigma ** 2)), rel=1e-5)
 
 
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_heatmap_has_no_subnormal_values_and_stays_within_sqrt_tiny_of_the_gaussian(dtype):
+    """Far tails are zeroed (subnormal floats put the convolutions that read them on the CPU's slow path), and
+    no value moves by more than sqrt(tiny) from the exact Gaussian; a non-finite landmark gives a zero channel."""
+    lm = torch.tensor([[[2.0, 3.0], [120.0, 125.0], [64.3, 10.7], [float("nan"), 5.0]]], dtype=dtype)
+    sigma = 1.5
+    h = landmarks_to_heatmaps(lm, 128, sigma)
+    tiny = torch.finfo(dtype).tiny
+    assert not bool(((h > 0) & (h < tiny)).any())
+    grid = torch.arange(128, dtype=torch.float64)
+    exact = torch.exp(-((grid[None, :] - lm[0, :3, 0:1].double()) ** 2)[:, None, :] / (2 * sigma ** 2)
+                      - ((grid[None, :] - lm[0, :3, 1:2].double()) ** 2)[:, :, None] / (2 * sigma ** 2))
+    assert float((h[0, :3].double() - exact).abs().max()) <= tiny ** 0.5 + 1e-7
+    assert bool((h[0, 0, 120:, 120:] == 0).all())  # the far corner of a corner landmark: exactly zero
+    assert float(h[0, 3].abs().max()) == 0.0
+
 @pytest.mark.parametrize("threshold", [0.0, 0.5])
 def test_soft_argmax_recovers_sub_pixel_landmarks(threshold):
     gen = torch.Generator().manual_seed(0)
