@@ -7,7 +7,7 @@ from torch import nn
 from optics.imaging import fft_convolve
 from optics.lens import Lens
 from optics.psf import normalize_psf
-from optics.sensor import Sensor, SensorConfig, mono_mix
+from optics.sensor import Generators, Sensor, SensorConfig, mono_mix
 
 
 class Camera(nn.Module):
@@ -62,14 +62,15 @@ class Camera(nn.Module):
         return psf if w is None else mono_mix(psf, w, dim=0).expand_as(psf)
 
     def forward(self, image: torch.Tensor, noise: bool | None = None, psf: torch.Tensor | None = None,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
         """Capture.
 
         Args:
             image: (B, C, H, W) in [0, 1] scene radiance (1 = sensor white level).
             noise: override self.noise for this call.
             psf: optional precomputed (C, h, w) PSF (avoids recomputing the lens PSF).
-            generator: optional torch.Generator for the noise.
+            generator: optional torch.Generator for the noise, or a sequence of one per image (image b's noise
+                then depends on its own generator only: a batch can be split anywhere).
 
         Returns:
             (B, C, H, W) capture in [0, 1].

@@ -22,7 +22,7 @@ import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, replace
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -45,7 +45,17 @@ def _noise_pool(threads: int) -> ThreadPoolExecutor:
         return _pool
 
 
-def standard_normal(shape: Sequence[int], generator: torch.Generator | None = None,
+def _check_per_item(generators: Sequence, shape: Sequence[int]) -> None:
+    if not shape or len(generators) != shape[0]:
+        raise ValueError(f"one noise generator per item: got {len(generators)} generators for a batch of shape "
+                         f"{tuple(shape)}")
+
+
+Generators = Optional[Union[torch.Generator, Sequence[torch.Generator]]]
+"""A noise generator for the whole batch, or one per item of the batch (see :func:`standard_normal`)."""
+
+
+def standard_normal(shape: Sequence[int], generator: Generators = None,
                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> torch.Tensor:
     """N(0, 1) samples of ``shape``, like torch.randn, drawn in parallel on the CPU.
 
@@ -55,10 +65,20 @@ def standard_normal(shape: Sequence[int], generator: torch.Generator | None = No
     None), filled on min(torch.get_num_threads(), chunks) threads. The values depend on the seed only, never on
     the thread count. Smaller draws and other devices are torch.randn itself.
 
+    ``generator`` may also be a sequence of one generator per item of the leading dim (shape[0]): item b is
+    drawn from its own generator alone, so a batch split anywhere (worker threads, frame by frame) draws the same
+    values as the whole batch.
+
     Returns:
         ``shape`` tensor of ``dtype`` on ``device``.
     """
     device = torch.device("cpu") if device is None else torch.device(device)
+    if isinstance(generator, (list, tuple)):
+        _check_per_item(generator, shape)
+        out = torch.empty(tuple(shape), dtype=dtype, device=device)
+        for b, g in enumerate(generator):
+            out[b] = standard_normal(shape[1:], g, dtype, device)
+        return out
     n = math.prod(shape)
     if device.type != "cpu" or n < 4 * NOISE_CHUNK or not dtype.is_floating_point:
         return torch.randn(tuple(shape), generator=generator, dtype=dtype, device=device)
@@ -185,14 +205,14 @@ def quantize_ste(x: torch.Tensor, bits: int) -> torch.Tensor:
     return xc + (q - xc).detach()
 
 
-def poisson_gaussian_noise(electrons: torch.Tensor, read_noise: float, generator: torch.Generator | None = None,
+def poisson_gaussian_noise(electrons: torch.Tensor, read_noise: float, generator: Generators = None,
                            exact: bool = False) -> torch.Tensor:
     """Add shot (Poisson) and read (Gaussian) noise to a mean electron count.
 
     Args:
         electrons: (...) mean photo-electrons [e-] (>= 0).
         read_noise: read-noise standard deviation [e-].
-        generator: optional torch.Generator (reproducible noise).
+        generator: optional torch.Generator (reproducible noise), or one per item of the leading dim.
         exact: exact Poisson samples (straight-through gradient d/d mu = 1) instead of the reparameterised
             Gaussian approximation N(mu, mu + read_noise^2) (exact mean and variance, differentiable in mu).
 
@@ -202,7 +222,11 @@ def poisson_gaussian_noise(electrons: torch.Tensor, read_noise: float, generator
     mu = electrons.clamp_min(0)
     eps = standard_normal(mu.shape, generator, mu.dtype, mu.device)
     if exact:
-        shot = torch.poisson(mu.detach(), generator=generator)
+        if isinstance(generator, (list, tuple)):
+            _check_per_item(generator, mu.shape)
+            shot = torch.stack([torch.poisson(m, generator=g) for m, g in zip(mu.detach(), generator)])
+        else:
+            shot = torch.poisson(mu.detach(), generator=generator)
         return mu + (shot - mu).detach() + read_noise * eps
     return mu + torch.sqrt((mu + read_noise ** 2).clamp_min(1e-12)) * eps
 
@@ -293,13 +317,13 @@ class Sensor(nn.Module):
         return irradiance * self.config.electrons_at_white
 
     def forward(self, irradiance: torch.Tensor, noise: bool = True,
-                generator: torch.Generator | None = None) -> torch.Tensor:
+                generator: Generators = None) -> torch.Tensor:
         """Capture.
 
         Args:
             irradiance: (B, C, H, W) in [0, 1] (1 = white level).
             noise: add Poisson-Gaussian noise.
-            generator: optional torch.Generator for the noise.
+            generator: optional torch.Generator for the noise, or one per image (:func:`standard_normal`).
 
         Returns:
             (B, C, H, W) digital values in [0, 1].
@@ -313,7 +337,7 @@ class Sensor(nn.Module):
         # one pixel integrates every band: one channel through the chain, written to every channel (a view)
         return self._chain(mono_mix(irradiance, w, dim=1), noise, generator).expand_as(irradiance)
 
-    def _chain(self, irradiance: torch.Tensor, noise: bool, generator: torch.Generator | None) -> torch.Tensor:
+    def _chain(self, irradiance: torch.Tensor, noise: bool, generator: Generators) -> torch.Tensor:
         """The per-channel signal chain of the module docstring (each channel its own pixels)."""
         cfg = self.config
         levels = None if cfg.bit_depth is None else float(2 ** int(cfg.bit_depth) - 1)

@@ -271,6 +271,14 @@ class Anonymizer:
     ref_files: Sequence[Path] | None = None
 
 
+def face_noise_generator(seed: int, ordinal: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The sensor-noise generator of the ``ordinal``-th face (in frame order, then detection order) of a run:
+    seeded from ``SeedSequence([seed, ordinal])``, so every face's capture depends on the seed and its own
+    position only (the same frame by frame, batched, and on any number of workers)."""
+    state = np.random.SeedSequence([int(seed), int(ordinal)]).generate_state(1, np.uint64)[0]
+    return torch.Generator(device=device).manual_seed(int(state) >> 1)
+
+
 def _frame_parts(frame_idx: Sequence[int], workers: int) -> list[slice]:
     """The faces (ordered by frame) cut into at most ``workers`` contiguous parts of whole frames: the faces of
     one frame are pasted into one copy of it, in order, by one worker."""
@@ -288,7 +296,8 @@ class Deidentifier:
         level: blur kernel side [px] / pixelate blocks per side (blur, pixelate, blur-attack).
         model: :class:`Anonymizer` (anonymizer, capture, reference-warp).
         input_is_capture: frames come from the prototype camera (skip the simulated camera).
-        seed: picks the reference of each track (``default_rng([seed, track_id])``).
+        seed: picks the reference of each track (``default_rng([seed, track_id])``) and seeds the sensor noise
+            of the run's n-th face (:func:`face_noise_generator`): the output does not depend on the batch size.
         device: where the networks run.
         attack: :class:`video.attack.AttackConfig` for blur-attack (default config when None).
         harmonize: anonymizer only: match the new face's low-frequency colour to the frame at the mask's edge
@@ -315,7 +324,8 @@ class Deidentifier:
         self.method, self.model, self.input_is_capture = method, model, bool(input_is_capture)
         self.seed, self.device = int(seed), torch.device(device)
         self._mask = face_mask(model.img_size, self.device) if model is not None else None
-        self._camera = nn.Identity() if input_is_capture or model is None else model.camera
+        self._camera = None if input_is_capture or model is None else model.camera
+        self._faces_done = 0
         self.attack = attack
         self.harmonize = bool(harmonize)
         self._ref_points: dict[int, torch.Tensor] = {}
@@ -356,16 +366,18 @@ class Deidentifier:
         s = self.model.img_size
         idx = [i for i, _ in items]
         mats = np.stack([alignment_transform(f.landmarks, s) for _, f in items])
-        crops, regions = crop_faces(frames, idx, mats, s, self.device)
-        make = self._face_maker(crops, [f.track_id for _, f in items])
+        first = self._faces_done  # the run's ordinal of this batch's first face: seeds its sensor noise
+        self._faces_done += len(items)
+        make = self._face_maker([f.track_id for _, f in items])
         base = [np.asarray(f) for f in frames]
         parts = _frame_parts(idx, cpu_workers(self.device))
 
-        def run(faces: slice) -> list[np.ndarray]:  # the new faces of whole frames, pasted into copies of them
-            new = make(faces)
+        def run(faces: slice) -> list[np.ndarray]:  # whole frames: crop, capture, new faces, paste into copies
+            crops, regions = crop_faces(base, idx[faces], mats[faces], s, self.device)
+            new = make(faces, self._capture(crops, range(first + faces.start, first + faces.stop)))
             if self.method == "anonymizer" and self.harmonize:
-                new = harmonize(new, crops[faces], self._mask)
-            return paste_faces(base, idx[faces], mats[faces], new, self._mask, regions[faces])
+                new = harmonize(new, crops, self._mask)
+            return paste_faces(base, idx[faces], mats[faces], new, self._mask, regions)
 
         out = list(base)
         with torch.no_grad():  # (the workers run under no_grad anyway; one part runs on this thread)
@@ -375,27 +387,34 @@ class Deidentifier:
                 out[i] = pasted[i]
         return out
 
+    def _capture(self, crops: torch.Tensor, ordinals: range) -> torch.Tensor:
+        """The privacy camera's captures of aligned crops (the crops themselves for ``input_is_capture``); the
+        sensor noise of the run's n-th face comes from its own generator (:func:`face_noise_generator`), so
+        the captures do not depend on the batch size or on how a batch is split over the workers."""
+        if self._camera is None:
+            return crops
+        return self._camera(crops, generator=[face_noise_generator(self.seed, n, crops.device) for n in ordinals])
+
     @torch.no_grad()
-    def _face_maker(self, crops: torch.Tensor, track_ids: list[int]) -> Callable[[slice], torch.Tensor]:
-        """``make(faces)``: the new faces of the aligned crops ``faces``. The camera (and its sensor noise) runs
-        here, for the whole batch, so the noise follows the seed whatever the split; ``make`` runs the per-face
-        networks (on :func:`video.parallel.parallel_map`'s workers)."""
+    def _face_maker(self, track_ids: list[int]) -> Callable[[slice, torch.Tensor], torch.Tensor]:
+        """``make(faces, captures)``: the new faces of the batch's faces ``faces`` from their captures (on
+        :func:`video.parallel.parallel_map`'s workers). The per-reference work (style codes, reference
+        landmarks, both cached) runs here, once per batch."""
         m = self.model
-        captures = self._camera(crops)
         if self.method == "capture":
-            return lambda ix: captures[ix].clamp(0, 1)
+            return lambda ix, captures: captures.clamp(0, 1)
         which = [self.reference_index(t) for t in track_ids]
         refs = m.refs[which].to(self.device)
         points = self._reference_points(which)
         if self.method == "reference-warp":
             from video.reference_warp import reference_warp
 
-            return lambda ix: reference_warp(captures[ix], m.regressor, refs[ix], ref_points=points[ix])
+            return lambda ix, captures: reference_warp(captures, m.regressor, refs[ix], ref_points=points[ix])
         from anonymizer.stage2.sampling import anonymize
 
         styles = self._styles(which)
-        return lambda ix: anonymize(
-            m.nets, nn.Identity(), m.regressor, captures[ix], refs[ix], paired=True, batch_size=FACES_PER_CALL,
+        return lambda ix, captures: anonymize(
+            m.nets, nn.Identity(), m.regressor, captures, refs[ix], paired=True, batch_size=FACES_PER_CALL,
             ref_points=None if points is None else points[ix], styles=styles[ix]).outputs
 
     def _styles(self, which: list[int]) -> torch.Tensor:

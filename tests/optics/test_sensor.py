@@ -123,6 +123,25 @@ def test_standard_normal_is_thread_count_independent_and_independent_across_chun
     assert torch.equal(small, torch.randn(3, 5, generator=torch.Generator().manual_seed(4)))
 
 
+
+@pytest.mark.parametrize("exact", [False, True])
+def test_one_noise_generator_per_image_makes_any_split_of_the_batch_draw_the_same(exact):
+    """Image b's noise comes from generator b alone: the batch captured at once equals its images captured one
+    at a time with the same generators; a wrong number of generators is refused."""
+    from optics.sensor import Sensor, SensorConfig, standard_normal
+
+    x = torch.rand(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    sensor = Sensor(SensorConfig(exact_poisson=exact, photons_at_white=200.0))
+    gens = lambda: [torch.Generator().manual_seed(100 + b) for b in range(3)]  # noqa: E731
+    whole = sensor(x, generator=gens())
+    parts = torch.cat([sensor(x[b:b + 1], generator=[g]) for b, g in enumerate(gens())])
+    assert torch.equal(whole, parts)
+    assert not torch.equal(whole[0], whole[1])  # different generators, different noise
+    draws = standard_normal((3, 40), gens())
+    assert torch.equal(draws[1], torch.randn(40, generator=torch.Generator().manual_seed(101)))
+    with pytest.raises(ValueError, match="one noise generator per item: got 2 generators"):
+        sensor(x, generator=gens()[:2])
+
 def test_fused_gaussian_capture_gradcheck_float64():
     # the custom backward (one saved slope) against finite differences, the noise draw held fixed; values kept
     # away from the clipping edges, where the derivative jumps
