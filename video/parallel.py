@@ -6,8 +6,9 @@ better. A batch is cut into contiguous chunks, one per worker thread, each worke
 intra-op thread (torch's thread count is per thread). A batch of one item (frame by frame) or a single thread
 runs in the calling thread with torch's own threads, so ``--batch_size 1`` is the plain sequential chain.
 
-The chunks' results come back in order. The work must not draw random numbers (their order would depend on the
-scheduling): draw them before the split.
+The chunks' results come back in order. The work must not draw from a shared random generator (the order of the
+draws would depend on the scheduling): draw before the split, or give each item its own seeded generator (the
+video chain's sensor noise: one generator per face, ``video.deid.face_noise_generator``).
 """
 from __future__ import annotations
 
