@@ -1,10 +1,10 @@
 """Video de-identification: speed (batched vs frame by frame) and the DRSF table of every method side by side.
 
 1. Speed: a 640 x 480 video with one real face (``--speed_frames``, default 120), the whole ``--mode video``
-   chain (detect + track, de-identify with the shipped anonymizer, encode) with ``--batch_size 16`` against ``--batch_size 1``
-   (``--speed_rounds`` round-robin pairs, medians), on
-   ``--threads`` torch threads (2 = the project's CPU budget). The load average is printed with it: the
-   machine is shared, and absolute frames/s depend on it.
+   chain (detect + track, de-identify with the shipped anonymizer, encode) with ``--batch_size 16`` against
+   ``--batch_size 1`` (``--speed_rounds`` round-robin pairs, medians), on ``--threads`` torch threads (2 = the
+   project's CPU budget). The load average is printed with it: the machine is shared, and absolute frames/s
+   depend on it.
 2. Quality: on the 60-frame 320 x 240 test video (the one tests/video builds) and a longer 640 x 480 one
    (``--long_frames``, another held-out person), every method's output video is evaluated against the
    original with ``video_eval``'s metrics (attributes extracted from both videos after H.264 encoding):
