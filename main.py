@@ -221,7 +221,8 @@ def _add_safety(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("safety (see README: Safety)")
     g.add_argument("--overwrite", action="store_true",
                    help="train / train_optics: delete the checkpoints of another run in --checkpoint_dir and start "
-                        "afresh; export: replace the release files already in --out")
+                        "afresh; export: replace the release files already in --out; video: replace an existing "
+                        "--output / --json")
     g.add_argument("--trust_fid_weights", action="store_true",
                    help="load a --fid_weights TorchScript file whose sha256 is not a known FID Inception "
                         "(torch.jit.load runs code from the file)")

@@ -62,7 +62,7 @@ def args_for(inp: Path, out: Path | None, method: str, level: int | None, batch:
                               level=level, ref_dir=None, checkpoint_dir=None, input_is_capture=False,
                               batch_size=batch, device="cpu", seed=777, no_noise=False, psf=None,
                               attack_epsilon=8.0, attack_steps=20, no_harmonize=False, ref_pick="first",
-                              num_refs=None)
+                              num_refs=None, overwrite=True)
 
 
 def speed(tmp: Path, face: np.ndarray, frames: int, rounds: int = 3) -> dict:

@@ -129,6 +129,8 @@ def _check_paths(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value and Path(value).resolve() == inp.resolve():
             raise ValueError(f"--{name} {value}: would overwrite the input video")
+        if value and Path(value).exists() and not getattr(args, "overwrite", False):
+            raise ValueError(f"--{name} {value} already exists; give --overwrite to replace it")
     if args.output and Path(args.output).suffix.lower() not in VIDEO_SUFFIXES:
         raise ValueError(f"--output {args.output}: use a video suffix ({', '.join(VIDEO_SUFFIXES)})")
     if args.json and Path(args.json).suffix.lower() != ".json":

@@ -47,6 +47,18 @@ def test_same_output_as_input_is_refused(moving_face, tmp_path):
                       "--method", "blur"]) == 2
 
 
+def test_existing_output_is_kept_unless_overwrite(moving_face, tmp_path, caplog):
+    out, js = tmp_path / "out.mp4", tmp_path / "out.json"
+    out.write_bytes(b"keep me")
+    args = ["--mode", "video", "--input", str(moving_face.path), "--output", str(out), "--json", str(js),
+            "--method", "blur", "--level", "9"]
+    assert main.main(args) == 2
+    assert out.read_bytes() == b"keep me" and not js.exists()
+    assert "out.mp4 already exists; give --overwrite to replace it" in caplog.text
+    assert main.main(args + ["--overwrite"]) == 0
+    assert count_frames(out) == len(moving_face.frames) and js.exists()
+
+
 @pytest.mark.slow
 def test_video_eval_from_videos_anonymizer(moving_face, tmp_path):
     """The shipped anonymizer on the test video, evaluated from the two videos (identity and flicker included)."""
