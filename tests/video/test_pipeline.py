@@ -50,13 +50,15 @@ def test_same_output_as_input_is_refused(moving_face, tmp_path):
 def test_existing_output_is_kept_unless_overwrite(moving_face, tmp_path, caplog):
     out, js = tmp_path / "out.mp4", tmp_path / "out.json"
     out.write_bytes(b"keep me")
-    args = ["--mode", "video", "--input", str(moving_face.path), "--output", str(out), "--json", str(js),
-            "--method", "blur", "--level", "9"]
-    assert main.main(args) == 2
-    assert out.read_bytes() == b"keep me" and not js.exists()
+    base = ["--mode", "video", "--input", str(moving_face.path), "--method", "blur", "--level", "9"]
+    assert main.main(base + ["--output", str(out), "--json", str(js)]) == 2
+    assert out.read_bytes() == b"keep me" and not js.exists()  # nothing written
     assert "out.mp4 already exists; give --overwrite to replace it" in caplog.text
-    assert main.main(args + ["--overwrite"]) == 0
-    assert count_frames(out) == len(moving_face.frames) and js.exists()
+    js.write_text("[]")
+    assert main.main(base + ["--json", str(js)]) == 2
+    assert js.read_text() == "[]" and "out.json already exists" in caplog.text
+    assert main.main(base + ["--output", str(out), "--overwrite"]) == 0
+    assert count_frames(out) == len(moving_face.frames)
 
 
 @pytest.mark.slow
