@@ -262,8 +262,8 @@ def test_reference_landmarks_from_the_teacher_cache_equal_dlib_on_the_tensor(shi
 
     from pipelines.video import load_refs
 
-    monkeypatch.setenv("FACE_DEID_CACHE", str(tmp_path))
-    refs, _, files = load_refs(None, shipped_model.img_size, limit=3)
+    refs, _, files = load_refs(None, shipped_model.img_size, limit=3)  # before the cache moves: the embedded
+    monkeypatch.setenv("FACE_DEID_CACHE", str(tmp_path))  # face set is not rebuilt there, only the teacher's cache
     direct = Deidentifier("reference-warp", model=replace(shipped_model, refs=refs))._reference_points([2, 0])
     for _ in range(2):  # the second reads the cache written by the first
         cached = Deidentifier("reference-warp", model=replace(shipped_model, refs=refs, ref_files=files))
