@@ -8,8 +8,8 @@ weights and the thresholds, and changes only how the work is laid out:
 * the networks run channels-last;
 * the P-net pyramid levels and all candidate crops of a stage are resized by vectorised gathers from ONE
   integral image of the batch (``cv2.integral`` on the CPU). Area interpolation is adaptive average pooling:
-  output pixel ``i`` of a crop of height ``h`` resized to ``S`` averages input rows ``floor(i h / S) .. ceil((i + 1) h / S) - 1``, a rectangle sum that four
-  integral-image lookups give exactly (tested against ``torch.nn.functional.adaptive_avg_pool2d``).
+  output pixel ``i`` of a crop of height ``h`` resized to ``S`` averages input rows
+  ``floor(i h / S) .. ceil((i + 1) h / S) - 1``, a rectangle sum that four integral-image lookups give exactly (tested against ``torch.nn.functional.adaptive_avg_pool2d``).
 
 Box bookkeeping (candidate generation, box regression, squaring, clipping, NMS) uses facenet-pytorch's own
 helpers, so boxes agree with ``MTCNN.detect`` to float rounding (``benchmarks/bench_mtcnn.py`` checks this on

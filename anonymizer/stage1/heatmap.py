@@ -128,20 +128,23 @@ def soft_argmax(heatmaps: torch.Tensor, threshold: float = 0.5, beta: float | No
         raise ValueError(f"heatmaps must be (B, K, H, W), got {tuple(heatmaps.shape)}")
     b, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(b, k, h * w)
+    if beta is not None:
+        weights = torch.softmax(beta * flat, dim=-1)
+    elif not 0.0 <= threshold < 1.0:
+        raise ValueError(f"soft_argmax threshold must be in [0, 1), got {threshold}")
+    else:
+        weights = F.relu(torch.sub(flat, flat.amax(dim=-1, keepdim=True), alpha=threshold))
+    # the image-sized passes are the weights and their two marginal sums; the thresholded weights are
+    # normalised by their total on the (B, K, H) / (B, K, W) marginals (softmax weights already sum to 1)
+    weights = weights.reshape(b, k, h, w)
+    cols, rows = weights.sum(dim=2), weights.sum(dim=3)  # (B, K, W), (B, K, H)
     xs = torch.arange(w, device=heatmaps.device, dtype=heatmaps.dtype)
     ys = torch.arange(h, device=heatmaps.device, dtype=heatmaps.dtype)
+    pts = torch.stack([(cols * xs).sum(dim=-1), (rows * ys).sum(dim=-1)], dim=-1)
     if beta is not None:
-        weights = torch.softmax(beta * flat, dim=-1).reshape(b, k, h, w)
-        return torch.stack([(weights.sum(dim=2) * xs).sum(dim=-1), (weights.sum(dim=3) * ys).sum(dim=-1)], dim=-1)
-    if not 0.0 <= threshold < 1.0:
-        raise ValueError(f"soft_argmax threshold must be in [0, 1), got {threshold}")
-    # the image-sized passes are the threshold, the ReLU and the two marginal sums; the normalisation by the
-    # total weight happens on the (B, K, H) / (B, K, W) marginals
-    weights = F.relu(torch.sub(flat, flat.amax(dim=-1, keepdim=True), alpha=threshold)).reshape(b, k, h, w)
-    cols, rows = weights.sum(dim=2), weights.sum(dim=3)  # (B, K, W), (B, K, H)
+        return pts
     total = rows.sum(dim=-1)
     centre = torch.tensor([(w - 1) / 2, (h - 1) / 2], device=heatmaps.device, dtype=heatmaps.dtype)
-    pts = torch.stack([(cols * xs).sum(dim=-1), (rows * ys).sum(dim=-1)], dim=-1)
     pts = pts / total.clamp_min(torch.finfo(weights.dtype).tiny)[..., None]
     return torch.where((total > 0)[..., None], pts, centre)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from anonymizer.stage2.model import Generator, avg_pool2x, HighPass, build_model, count_parameters, default_base_dim, heatmap_masks
+from anonymizer.stage2.model import (Generator, HighPass, avg_pool2x, build_model, count_parameters,
+                                     default_base_dim, heatmap_masks)
 
 
 

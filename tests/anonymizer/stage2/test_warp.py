@@ -131,7 +131,8 @@ def test_tiled_rasteriser_matches_the_exhaustive_point_in_triangle_test(size: in
                                                                                     dtype=torch.float64)[:, None, None]
     pts[1] += torch.tensor([size * 0.3, -size * 0.2], dtype=torch.float64)
     tri, orient, _ = triangulation()
-    verts = torch.cat([face_vertices(pts), _border(size, torch.float64, torch.device("cpu"))[None].expand(4, -1, -1)], 1)
+    border = _border(size, torch.float64, torch.device("cpu"))[None].expand(4, -1, -1)
+    verts = torch.cat([face_vertices(pts), border], 1)
     td = verts[:, torch.from_numpy(tri)]
     u, v = td[:, :, 1] - td[:, :, 0], td[:, :, 2] - td[:, :, 0]
     area = torch.from_numpy(orient).double() * (u[..., 0] * v[..., 1] - u[..., 1] * v[..., 0]) / 2
